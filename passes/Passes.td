@@ -15,4 +15,42 @@ def LoomVerifyModel : Pass<"loom-verify-model", "mlir::ModuleOp"> {
   let dependentDialects = ["::bitloom::loom::LoomDialect"];
 }
 
+def LoomAutodiff : Pass<"loom-autodiff", "mlir::ModuleOp"> {
+  let summary = "Build @train_step and @eval_step from @forward";
+  let description = [{
+    Reverse-mode differentiation of `@forward` through each op's
+    DifferentiableOpInterface, followed by gradient clipping and the
+    optimizer update, all as loom IR:
+
+      @train_step(trainable params, optimizer state, tokens, positions,
+                  labels, loss_mask, lr, step)
+          -> (loss, updated params, updated state, grad_norm)
+      @eval_step(trainable params, tokens, positions, labels, loss_mask)
+          -> (loss, token_count)
+
+    Trainable parameters become function arguments; everything else stays
+    a `loom.param`. Only operands on a path from a trainable parameter to
+    the loss get an adjoint: frozen ternary weights get no gradient and no
+    optimizer state, and nothing upstream of the first trainable parameter
+    is differentiated. Arguments and results carry `loom.name`.
+  }];
+  let dependentDialects = ["::bitloom::loom::LoomDialect",
+                           "::mlir::func::FuncDialect"];
+  let options = [
+    Option<"trainable", "trainable", "std::string", /*default=*/"\"lora\"",
+           "What trains: lora | lora+norm | all (master weights, QAT)">,
+    Option<"optimizer", "optimizer", "std::string", /*default=*/"\"adamw\"",
+           "adamw | sgd">,
+    Option<"beta1", "beta1", "double", /*default=*/"0.9", "AdamW beta1">,
+    Option<"beta2", "beta2", "double", /*default=*/"0.999", "AdamW beta2">,
+    Option<"epsilon", "epsilon", "double", /*default=*/"1e-8", "AdamW eps">,
+    Option<"weightDecay", "weight-decay", "double", /*default=*/"0.01",
+           "decoupled (AdamW) or L2 (SGD) weight decay">,
+    Option<"momentum", "momentum", "double", /*default=*/"0.0",
+           "SGD momentum">,
+    Option<"maxGradNorm", "max-grad-norm", "double", /*default=*/"0.0",
+           "clip the global gradient norm to this value (0: no clipping)">,
+  ];
+}
+
 #endif // BITLOOM_PASSES

@@ -10,6 +10,7 @@ using namespace bitloom::loom;
 
 #include "dialects/loom/LoomDialect.cpp.inc"
 #include "dialects/loom/LoomEnums.cpp.inc"
+#include "dialects/loom/LoomInterfaces.cpp.inc"
 
 #define GET_ATTRDEF_CLASSES
 #include "dialects/loom/LoomAttrs.cpp.inc"

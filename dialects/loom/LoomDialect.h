@@ -11,6 +11,7 @@
 #include "mlir/Interfaces/SideEffectInterfaces.h"
 
 #include "dialects/loom/LoomDialect.h.inc"
+#include "dialects/loom/LoomInterfaces.h.inc"
 #include "dialects/loom/LoomEnums.h.inc"
 
 #define GET_ATTRDEF_CLASSES

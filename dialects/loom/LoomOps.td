@@ -4,6 +4,7 @@
 
 include "dialects/loom/LoomDialect.td"
 include "dialects/loom/LoomTypes.td"
+include "dialects/loom/LoomInterfaces.td"
 include "mlir/IR/OpBase.td"
 include "mlir/Interfaces/InferTypeOpInterface.td"
 include "mlir/Interfaces/SideEffectInterfaces.td"
@@ -30,7 +31,7 @@ def Loom_ParamOp : Loom_Op<"param", [Pure]> {
   let hasVerifier = 1;
 }
 
-def Loom_EmbeddingOp : Loom_Op<"embedding", [Pure]> {
+def Loom_EmbeddingOp : Loom_Op<"embedding", [Pure, DeclareOpInterfaceMethods<Loom_DifferentiableOpInterface>]> {
   let summary = "token embedding lookup";
   let description = [{
     `result[b, t, :] = table[tokens[b, t], :]`. Out-of-range ids are a
@@ -43,7 +44,7 @@ def Loom_EmbeddingOp : Loom_Op<"embedding", [Pure]> {
   let hasVerifier = 1;
 }
 
-def Loom_RMSNormOp : Loom_Op<"rms_norm", [Pure]> {
+def Loom_RMSNormOp : Loom_Op<"rms_norm", [Pure, DeclareOpInterfaceMethods<Loom_DifferentiableOpInterface>]> {
   let summary = "RMSNorm over the last dimension, in f32";
   let description = [{ `y = weight * x / sqrt(mean(x²) + epsilon)`. }];
   let arguments = (ins Loom_F32Tensor:$input, Loom_F32Tensor:$weight,
@@ -54,7 +55,7 @@ def Loom_RMSNormOp : Loom_Op<"rms_norm", [Pure]> {
   let hasVerifier = 1;
 }
 
-def Loom_BitLinearOp : Loom_Op<"bitlinear", [Pure]> {
+def Loom_BitLinearOp : Loom_Op<"bitlinear", [Pure, DeclareOpInterfaceMethods<Loom_DifferentiableOpInterface>]> {
   let summary = "BitNet b1.58 linear: int8 activations × ternary weights";
   let description = [{
     Per-token absmax int8 activation quantization (a = 127 / max|x|,
@@ -79,7 +80,7 @@ def Loom_BitLinearOp : Loom_Op<"bitlinear", [Pure]> {
   let hasVerifier = 1;
 }
 
-def Loom_LoRAOp : Loom_Op<"lora", [Pure]> {
+def Loom_LoRAOp : Loom_Op<"lora", [Pure, DeclareOpInterfaceMethods<Loom_DifferentiableOpInterface>]> {
   let summary = "a LoRA adapter added to the output of the layer it adapts";
   let description = [{
     `result = base + (input · Aᵀ) · Bᵀ · (alpha / rank)`, exactly as PEFT
@@ -99,22 +100,25 @@ def Loom_LoRAOp : Loom_Op<"lora", [Pure]> {
   }];
 }
 
-def Loom_RoPEOp : Loom_Op<"rope", [Pure]> {
+def Loom_RoPEOp : Loom_Op<"rope", [Pure, DeclareOpInterfaceMethods<Loom_DifferentiableOpInterface>]> {
   let summary = "rotary position embedding, rotate-half layout";
   let description = [{
     Per head of `head_dim` features: inv_freq[i] = theta^(-2i/head_dim),
     angle = position · inv_freq, `x' = x·cos + rotate_half(x)·sin` with
     rotate_half([x1, x2]) = [-x2, x1]. `positions` is [batch, tokens].
+    `inverse` rotates by -angle: the adjoint, since rotations are
+    orthogonal.
   }];
   let arguments = (ins Loom_F32Tensor:$input, Loom_I32Tensor:$positions,
-      F64Attr:$theta, I64Attr:$head_dim);
+      F64Attr:$theta, I64Attr:$head_dim,
+      DefaultValuedAttr<BoolAttr, "false">:$inverse);
   let results = (outs Loom_F32Tensor:$result);
   let assemblyFormat = "$input `,` $positions attr-dict `:` "
                        "functional-type(operands, results)";
   let hasVerifier = 1;
 }
 
-def Loom_AttentionOp : Loom_Op<"attention", [Pure]> {
+def Loom_AttentionOp : Loom_Op<"attention", [Pure, DeclareOpInterfaceMethods<Loom_DifferentiableOpInterface>]> {
   let summary = "causal grouped-query scaled dot-product attention";
   let description = [{
     q: [batch, tokens, num_heads·head_dim]; k, v: [batch, tokens,
@@ -137,25 +141,25 @@ class Loom_ElementwiseOp<string mnemonic, list<Trait> traits = []>
   let results = (outs Loom_F32Tensor:$result);
 }
 
-def Loom_Relu2Op : Loom_ElementwiseOp<"relu2"> {
+def Loom_Relu2Op : Loom_ElementwiseOp<"relu2", [DeclareOpInterfaceMethods<Loom_DifferentiableOpInterface>]> {
   let summary = "squared ReLU: max(x, 0)²";
   let arguments = (ins Loom_F32Tensor:$input);
   let assemblyFormat = "$input attr-dict `:` type($result)";
 }
 
-def Loom_AddOp : Loom_ElementwiseOp<"add", [Commutative]> {
+def Loom_AddOp : Loom_ElementwiseOp<"add", [Commutative, DeclareOpInterfaceMethods<Loom_DifferentiableOpInterface>]> {
   let summary = "elementwise addition (residual connections)";
   let arguments = (ins Loom_F32Tensor:$lhs, Loom_F32Tensor:$rhs);
   let assemblyFormat = "$lhs `,` $rhs attr-dict `:` type($result)";
 }
 
-def Loom_MulOp : Loom_ElementwiseOp<"mul", [Commutative]> {
+def Loom_MulOp : Loom_ElementwiseOp<"mul", [Commutative, DeclareOpInterfaceMethods<Loom_DifferentiableOpInterface>]> {
   let summary = "elementwise multiplication (FFN gating)";
   let arguments = (ins Loom_F32Tensor:$lhs, Loom_F32Tensor:$rhs);
   let assemblyFormat = "$lhs `,` $rhs attr-dict `:` type($result)";
 }
 
-def Loom_MatmulOp : Loom_Op<"matmul", [Pure]> {
+def Loom_MatmulOp : Loom_Op<"matmul", [Pure, DeclareOpInterfaceMethods<Loom_DifferentiableOpInterface>]> {
   let summary = "dense f32 product with a [N, K] matrix (tied lm_head)";
   let description = [{
     `result[b, t, n] = Σ_k input[b, t, k] · weight[n, k]`: the weight is
@@ -168,7 +172,7 @@ def Loom_MatmulOp : Loom_Op<"matmul", [Pure]> {
   let hasVerifier = 1;
 }
 
-def Loom_CrossEntropyOp : Loom_Op<"cross_entropy", [Pure]> {
+def Loom_CrossEntropyOp : Loom_Op<"cross_entropy", [Pure, DeclareOpInterfaceMethods<Loom_DifferentiableOpInterface>]> {
   let summary = "mean causal-LM cross-entropy over masked tokens";
   let description = [{
     `loss = Σ mask[b,t] · (logsumexp(logits[b,t]) - logits[b,t,labels[b,t]])
@@ -182,5 +186,7 @@ def Loom_CrossEntropyOp : Loom_Op<"cross_entropy", [Pure]> {
                        "functional-type(operands, results)";
   let hasVerifier = 1;
 }
+
+include "dialects/loom/LoomGradOps.td"
 
 #endif // LOOM_OPS
