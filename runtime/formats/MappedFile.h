@@ -14,6 +14,7 @@ namespace bitloom {
 class MappedFile {
 public:
   /// Throws FormatError(path, "", strerror) when the file can't be opened.
+  /// An empty file maps to data() == nullptr, size() == 0.
   static std::shared_ptr<MappedFile> open(const std::string &path);
   ~MappedFile();
   MappedFile(const MappedFile &) = delete;
@@ -32,8 +33,36 @@ private:
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same
 /// directory, fsync, rename. A crash never leaves a half-written `path`.
+/// Errors are FormatError(path, "", strerror).
 void writeFileAtomically(const std::string &path, const void *bytes,
                          size_t size);
+
+/// The streaming form of writeFileAtomically, for writers that must not
+/// gather a whole weight file in memory: write() pieces, then commit().
+/// Destroying an uncommitted writer (an exception on the way) removes the
+/// temporary file and leaves `path` untouched.
+class AtomicFileWriter {
+public:
+  explicit AtomicFileWriter(const std::string &path);
+  ~AtomicFileWriter();
+  AtomicFileWriter(const AtomicFileWriter &) = delete;
+  AtomicFileWriter &operator=(const AtomicFileWriter &) = delete;
+
+  void write(const void *bytes, size_t size);
+  /// Writes `n` zero bytes (alignment padding).
+  void writeZeros(size_t n);
+  /// Bytes written so far.
+  uint64_t offset() const { return offset_; }
+  /// fsync, rename over `path`, fsync the directory.
+  void commit();
+
+private:
+  [[noreturn]] void fail(const std::string &what);
+  std::string path_;
+  std::string tmpPath_;
+  int fd_ = -1;
+  uint64_t offset_ = 0;
+};
 
 } // namespace bitloom
 

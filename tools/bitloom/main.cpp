@@ -4,6 +4,7 @@
 // one "error: <file>: <field>: <what>" line and exit status 1.
 //
 //===----------------------------------------------------------------------===//
+#include "Commands.h"
 #include "ImportModel.h"
 
 #include "dialects/loom/LoomDialect.h"
@@ -104,7 +105,7 @@ void printSummary(mlir::ModuleOp module, const Model &model) {
     if (!param || seen[param.getName().str()])
       return;
     seen[param.getName().str()] = true;
-    ArrayRef<int64_t> shape;
+    llvm::ArrayRef<int64_t> shape;
     if (auto t = llvm::dyn_cast<loom::TernaryType>(param.getType()))
       shape = t.getShape();
     else
@@ -322,6 +323,9 @@ int main(int argc, char **argv) {
   tokenize->add_flag("--no-special", tokNoSpecial,
                      "do not add BOS/special tokens");
 
+  StepArgs stepArgs;
+  addStepCommand(app, stepArgs);
+
   CLI11_PARSE(app, argc, argv);
   try {
     if (*make)
@@ -330,6 +334,8 @@ int main(int argc, char **argv) {
       return runImport(importArgs);
     if (*inspect)
       return runInspect(inspectPath, inspectStats);
+    if (*stepArgs.command)
+      return runStep(stepArgs);
     if (*tokenize) {
       if (textOpt->count() == 0 && fileOpt->count() == 0)
         throw FormatError("", "tokenize", "give --text or --file");

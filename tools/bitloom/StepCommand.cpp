@@ -1,0 +1,130 @@
+//===- StepCommand.cpp - `bitloom step`: N steps on one fixed batch -------===//
+//
+// The debugging door for parity checks: runs N optimizer steps on one batch
+// and writes the loss before each step, the first step's gradients and the
+// final parameters, all float32, under PEFT's tensor names.
+//
+//===----------------------------------------------------------------------===//
+#include "Commands.h"
+#include "Training.h"
+
+#include "formats/Error.h"
+#include "formats/Safetensors.h"
+
+#include <cstdio>
+
+namespace bitloom {
+
+void addStepCommand(CLI::App &app, StepArgs &args) {
+  auto *cmd = app.add_subcommand(
+      "step", "run N optimizer steps on one fixed batch; write loss, "
+              "gradients and parameters");
+  args.command = cmd;
+  cmd->add_option("model", args.model, "model directory or .gguf file")
+      ->required();
+  cmd->add_option("--target", args.target, "reference")->capture_default_str();
+  cmd->add_option("--tokens", args.tokens,
+                  "ids, one sequence per line, space-separated")
+      ->required();
+  cmd->add_option("--mask", args.mask,
+                  "0/1 per token; 0 at i removes token i as a target");
+  cmd->add_option("--adapter", args.adapter,
+                  "start from a PEFT adapter directory");
+  cmd->add_option("--lora-rank", args.lora.rank, "LoRA rank")
+      ->capture_default_str();
+  cmd->add_option("--lora-alpha", args.lora.alpha, "LoRA alpha")
+      ->capture_default_str();
+  cmd->add_option("--lora-targets", args.targets,
+                  "q,k,v,o,gate,up,down | attn | ffn | all")
+      ->capture_default_str();
+  cmd->add_option("--steps", args.steps, "optimizer steps")
+      ->capture_default_str();
+  cmd->add_option("--lr", args.lr, "learning rate")->capture_default_str();
+  cmd->add_option("--weight-decay", args.weightDecay,
+                  "weight decay (default: 0.01 for adamw, 0 for sgd)");
+  cmd->add_option("--optimizer", args.optimizer.optimizer, "adamw | sgd")
+      ->capture_default_str();
+  cmd->add_option("--momentum", args.optimizer.momentum, "SGD momentum")
+      ->capture_default_str();
+  cmd->add_option("--max-grad-norm", args.optimizer.maxGradNorm,
+                  "clip the global gradient norm (0: off)")
+      ->capture_default_str();
+  cmd->add_option("--trainable", args.optimizer.trainable,
+                  "lora | lora+norm | all")
+      ->capture_default_str();
+  cmd->add_option("--seed", args.seed, "seed for LoRA initialization")
+      ->capture_default_str();
+  cmd->add_option("--out", args.out, "output .safetensors")->required();
+}
+
+/// Targets `bitloom step` can run on today; compiled targets join as they
+/// arrive.
+void requireReferenceTarget(const std::string &target) {
+  if (target != "reference")
+    throw FormatError("", "--target",
+                      "'" + target + "' is not available yet (reference)");
+}
+
+int runStep(StepArgs &args) {
+  requireReferenceTarget(args.target);
+  if (args.steps < 1)
+    throw FormatError("", "--steps", "must be at least 1");
+  std::unique_ptr<Model> model = Model::open(args.model);
+  std::vector<std::vector<int32_t>> ids = readIntRows(args.tokens);
+  std::vector<std::vector<int32_t>> mask;
+  if (!args.mask.empty()) {
+    mask = readIntRows(args.mask);
+    if (mask.size() != ids.size() || mask.front().size() != ids.front().size())
+      throw FormatError(args.mask, "", "shape differs from --tokens");
+  }
+  for (const auto &row : ids)
+    for (int32_t id : row)
+      if (id < 0 || id >= model->config().vocabSize)
+        throw FormatError(args.tokens, "",
+                          "token id " + std::to_string(id) +
+                              " is outside the vocabulary (" +
+                              std::to_string(model->config().vocabSize) + ")");
+  Batch batch = makeBatch(ids, args.mask.empty() ? nullptr : &mask);
+
+  LoRAOptions lora = args.lora;
+  std::map<std::string, HostTensor> initial;
+  if (!args.adapter.empty()) {
+    Adapter adapter = loadPeftAdapter(args.adapter);
+    lora = adapter.options;
+    initial = std::move(adapter.tensors);
+  } else if (args.optimizer.trainable == "lora" || lora.rank > 0) {
+    lora.targets = parseLoRATargets(args.targets);
+  }
+  OptimizerOptions optimizer = args.optimizer;
+  // torch's defaults: AdamW decays by 0.01, SGD not at all.
+  optimizer.weightDecay = args.weightDecay >= 0.0 ? args.weightDecay
+                          : optimizer.optimizer == "sgd" ? 0.0
+                                                         : 0.01;
+
+  TrainingSession session(*model, lora, optimizer, initial, args.seed);
+  std::vector<float> losses;
+  std::map<std::string, HostTensor> firstGrads;
+  for (int64_t s = 0; s < args.steps; ++s) {
+    TrainingSession::StepResult r = session.step(batch, float(args.lr));
+    losses.push_back(r.loss);
+    if (s == 0)
+      firstGrads = std::move(r.grads);
+    std::printf("step %lld  loss %.6f  grad_norm %.6f\n", (long long)s + 1,
+                r.loss, r.gradNorm);
+  }
+
+  std::vector<SafetensorsEntry> entries;
+  entries.push_back({"loss", DType::F32, {int64_t(losses.size())},
+                     losses.data(), losses.size() * sizeof(float)});
+  for (const auto &[name, t] : firstGrads)
+    entries.push_back({name, DType::F32, t.shape, t.data.data(),
+                       t.data.size() * sizeof(float)});
+  for (const auto &[name, t] : session.parameters())
+    entries.push_back({name, DType::F32, t.shape, t.data.data(),
+                       t.data.size() * sizeof(float)});
+  writeSafetensors(args.out, entries);
+  std::printf("wrote %s\n", args.out.c_str());
+  return 0;
+}
+
+} // namespace bitloom

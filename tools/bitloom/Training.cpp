@@ -1,0 +1,319 @@
+//===- Training.cpp - Training steps on the reference executor ------------===//
+#include "Training.h"
+
+#include "formats/Error.h"
+#include "formats/MappedFile.h"
+#include "formats/Safetensors.h"
+#include "passes/Passes.h"
+
+#include "mlir/IR/MLIRContext.h"
+#include "mlir/IR/Verifier.h"
+#include "mlir/Pass/PassManager.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+namespace fs = std::filesystem;
+
+namespace bitloom {
+
+//===----------------------------------------------------------------------===//
+// Batches
+//===----------------------------------------------------------------------===//
+
+std::vector<std::vector<int32_t>> readIntRows(const std::string &path) {
+  std::ifstream in(path);
+  if (!in)
+    throw FormatError(path, "", "cannot open file");
+  std::vector<std::vector<int32_t>> rows;
+  std::string line;
+  int lineNo = 0;
+  while (std::getline(in, line)) {
+    ++lineNo;
+    if (line.find_first_not_of(" \t\r") == std::string::npos)
+      continue;
+    std::vector<int32_t> row;
+    std::istringstream ss(line);
+    std::string word;
+    while (ss >> word) {
+      char *end = nullptr;
+      long long v = std::strtoll(word.c_str(), &end, 10);
+      if (*end != '\0' || v < INT32_MIN || v > INT32_MAX)
+        throw FormatError(path, "line " + std::to_string(lineNo),
+                          "'" + word + "' is not an integer");
+      row.push_back(int32_t(v));
+    }
+    if (!rows.empty() && row.size() != rows.front().size())
+      throw FormatError(path, "line " + std::to_string(lineNo),
+                        "has " + std::to_string(row.size()) +
+                            " values but the first line has " +
+                            std::to_string(rows.front().size()));
+    rows.push_back(std::move(row));
+  }
+  if (rows.empty())
+    throw FormatError(path, "", "no sequences");
+  if (rows.front().size() < 2)
+    throw FormatError(path, "line 1",
+                      "a sequence needs at least 2 tokens to predict one");
+  return rows;
+}
+
+Batch makeBatch(const std::vector<std::vector<int32_t>> &ids,
+                const std::vector<std::vector<int32_t>> *mask) {
+  int64_t b = ids.size(), t = ids.front().size();
+  std::vector<int32_t> tokens, positions, labels;
+  std::vector<float> lossMask;
+  for (int64_t i = 0; i < b; ++i)
+    for (int64_t j = 0; j < t; ++j) {
+      tokens.push_back(ids[i][j]);
+      positions.push_back(int32_t(j));
+      // Position j predicts token j + 1, unless that token is masked out
+      // (label -100 in Hugging Face terms) or there is none.
+      bool target = j + 1 < t && (!mask || (*mask)[i][j + 1] != 0);
+      labels.push_back(j + 1 < t ? ids[i][j + 1] : 0);
+      lossMask.push_back(target ? 1.0f : 0.0f);
+    }
+  Batch batch;
+  batch.tokens = HostTensor::int32s({b, t}, tokens);
+  batch.positions = HostTensor::int32s({b, t}, positions);
+  batch.labels = HostTensor::int32s({b, t}, labels);
+  batch.lossMask = HostTensor::floats({b, t});
+  batch.lossMask.data = lossMask;
+  return batch;
+}
+
+//===----------------------------------------------------------------------===//
+// PEFT adapters
+//===----------------------------------------------------------------------===//
+
+Adapter loadPeftAdapter(const std::string &dir) {
+  std::string configPath = (fs::path(dir) / "adapter_config.json").string();
+  std::string weightsPath =
+      (fs::path(dir) / "adapter_model.safetensors").string();
+  std::ifstream in(configPath);
+  if (!in)
+    throw FormatError(configPath, "", "cannot open (is --adapter a PEFT "
+                                      "adapter directory?)");
+  nlohmann::json config;
+  try {
+    config = nlohmann::json::parse(in);
+  } catch (const std::exception &e) {
+    throw FormatError(configPath, "", std::string("invalid JSON: ") + e.what());
+  }
+  Adapter adapter;
+  auto number = [&](const char *key) -> double {
+    if (!config.contains(key) || !config[key].is_number())
+      throw FormatError(configPath, key, "missing or not a number");
+    return config[key].get<double>();
+  };
+  if (config.value("peft_type", "LORA") != "LORA")
+    throw FormatError(configPath, "peft_type",
+                      "only LORA adapters are supported");
+  adapter.options.rank = int64_t(number("r"));
+  adapter.options.alpha = number("lora_alpha");
+  adapter.options.dropout = config.value("lora_dropout", 0.0);
+  if (config.value("use_rslora", false))
+    throw FormatError(configPath, "use_rslora",
+                      "rank-stabilized LoRA is not supported");
+  if (adapter.options.rank <= 0)
+    throw FormatError(configPath, "r", "must be positive");
+  if (!config.contains("target_modules"))
+    throw FormatError(configPath, "target_modules", "missing");
+  const nlohmann::json &targets = config["target_modules"];
+  std::string spec;
+  if (targets.is_string()) {
+    spec = targets.get<std::string>();
+    if (spec == "all-linear")
+      spec = "all";
+  } else if (targets.is_array()) {
+    for (const auto &t : targets) {
+      if (!t.is_string())
+        throw FormatError(configPath, "target_modules", "not a string list");
+      spec += (spec.empty() ? "" : ",") + t.get<std::string>();
+    }
+  } else {
+    throw FormatError(configPath, "target_modules", "not a list");
+  }
+  try {
+    adapter.options.targets = parseLoRATargets(spec);
+  } catch (const FormatError &e) {
+    throw FormatError(configPath, "target_modules", e.what());
+  }
+
+  SafetensorsFile weights = SafetensorsFile::open(weightsPath);
+  for (const SafetensorsTensor &t : weights.tensors()) {
+    if (t.dtype != DType::F32 && t.dtype != DType::F16 &&
+        t.dtype != DType::BF16)
+      throw FormatError(weightsPath, t.name,
+                        std::string("dtype ") + dtypeName(t.dtype) +
+                            " (LoRA weights must be F32, F16 or BF16)");
+    HostTensor tensor = HostTensor::floats(t.shape);
+    dequantize(t.dtype, t.data, tensor.data.data(), t.numElements());
+    adapter.tensors[t.name] = std::move(tensor);
+  }
+  return adapter;
+}
+
+void savePeftAdapter(const std::string &dir, const LoRAOptions &options,
+                     const std::map<std::string, HostTensor> &tensors,
+                     const std::string &baseModel) {
+  fs::create_directories(dir);
+  std::vector<SafetensorsEntry> entries;
+  for (const auto &[name, t] : tensors)
+    entries.push_back({name, DType::F32, t.shape, t.data.data(),
+                       t.data.size() * sizeof(float)});
+  writeSafetensors((fs::path(dir) / "adapter_model.safetensors").string(),
+                   entries, {{"format", "pt"}});
+  nlohmann::json targets = nlohmann::json::array();
+  for (const ProjectionName &p : projectionNames())
+    if (std::find(options.targets.begin(), options.targets.end(),
+                  p.shortName) != options.targets.end())
+      targets.push_back(std::string(p.hfModule).substr(
+          std::string(p.hfModule).find('.') + 1));
+  nlohmann::ordered_json config = {
+      {"base_model_name_or_path", baseModel},
+      {"bias", "none"},
+      {"fan_in_fan_out", false},
+      {"inference_mode", true},
+      {"init_lora_weights", true},
+      {"lora_alpha", options.alpha},
+      {"lora_dropout", options.dropout},
+      {"modules_to_save", nullptr},
+      {"peft_type", "LORA"},
+      {"r", options.rank},
+      {"target_modules", targets},
+      {"task_type", "CAUSAL_LM"},
+      {"use_rslora", false},
+  };
+  std::string text = config.dump(2) + "\n";
+  writeFileAtomically((fs::path(dir) / "adapter_config.json").string(),
+                      text.data(), text.size());
+}
+
+//===----------------------------------------------------------------------===//
+// TrainingSession
+//===----------------------------------------------------------------------===//
+
+struct TrainingSession::Compiled {
+  mlir::MLIRContext context;
+  mlir::OwningOpRef<mlir::ModuleOp> module;
+  std::unique_ptr<reference::Interpreter> interpreter;
+};
+
+TrainingSession::TrainingSession(
+    const Model &model, const LoRAOptions &lora,
+    const OptimizerOptions &optimizer,
+    const std::map<std::string, HostTensor> &initial, uint64_t seed)
+    : compiled_(std::make_unique<Compiled>()) {
+  compiled_->module = importModel(compiled_->context, model, lora);
+  mlir::PassManager pm(&compiled_->context);
+  pm.addPass(createLoomVerifyModel());
+  LoomAutodiffOptions autodiff;
+  autodiff.trainable = optimizer.trainable;
+  autodiff.optimizer = optimizer.optimizer;
+  autodiff.beta1 = optimizer.beta1;
+  autodiff.beta2 = optimizer.beta2;
+  autodiff.epsilon = optimizer.epsilon;
+  autodiff.weightDecay = optimizer.weightDecay;
+  autodiff.momentum = optimizer.momentum;
+  autodiff.maxGradNorm = optimizer.maxGradNorm;
+  pm.addPass(createLoomAutodiff(autodiff));
+  if (mlir::failed(pm.run(*compiled_->module)))
+    throw FormatError(model.path(), "",
+                      "could not build the training step (see above)");
+  compiled_->interpreter =
+      std::make_unique<reference::Interpreter>(*compiled_->module, model);
+
+  // Trainable tensors are the leading arguments of @train_step that have a
+  // ".grad" result; their types come from the IR.
+  auto func = compiled_->module->lookupSymbol<mlir::func::FuncOp>("eval_step");
+  std::mt19937_64 rng(seed);
+  for (unsigned i = 0; i < func.getNumArguments(); ++i) {
+    auto name = func.getArgAttrOfType<mlir::StringAttr>(i, "loom.name");
+    if (name.getValue() == "tokens")
+      break;
+    auto type = llvm::cast<mlir::RankedTensorType>(func.getArgumentTypes()[i]);
+    std::vector<int64_t> shape(type.getShape().begin(), type.getShape().end());
+    std::string n = name.str();
+    names_.push_back(n);
+    auto it = initial.find(n);
+    if (it != initial.end()) {
+      if (it->second.shape != shape)
+        throw FormatError("", n, "initial value has the wrong shape");
+      params_[n] = it->second;
+      continue;
+    }
+    HostTensor t = HostTensor::floats(shape);
+    if (n.find(".lora_A.") != std::string::npos) {
+      // PEFT: kaiming_uniform_(a=sqrt(5)) -> U(-1/sqrt(fan_in), +).
+      double bound = 1.0 / std::sqrt(double(shape[1]));
+      std::uniform_real_distribution<double> uniform(-bound, bound);
+      for (float &v : t.data)
+        v = float(uniform(rng));
+    } else if (n.find(".lora_B.") == std::string::npos) {
+      const ModelTensor *w = model.find(n);
+      if (!w)
+        throw FormatError(model.path(), n, "trainable tensor not in model");
+      model.dequantize(*w, t.data.data());
+    }
+    params_[n] = std::move(t);
+  }
+  for (const auto &[name, value] : initial)
+    if (!params_.count(name))
+      throw FormatError("", name,
+                        "adapter tensor matches no trainable parameter of this "
+                        "model and configuration");
+  for (const std::string &name :
+       compiled_->interpreter->argumentNames("train_step"))
+    if (!params_.count(name) && name.find('.') != std::string::npos) {
+      stateNames_.push_back(name);
+      size_t dot = name.find('.');
+      state_[name] = HostTensor::floats(params_.at(name.substr(dot + 1)).shape);
+    }
+}
+
+TrainingSession::~TrainingSession() = default;
+
+TrainingSession::StepResult TrainingSession::step(const Batch &batch,
+                                                  float lr) {
+  std::map<std::string, HostTensor> args = params_;
+  for (auto &[name, value] : state_)
+    args[name] = value;
+  args["tokens"] = batch.tokens;
+  args["positions"] = batch.positions;
+  args["labels"] = batch.labels;
+  args["loss_mask"] = batch.lossMask;
+  args["lr"] = HostTensor::scalar(lr);
+  args["step"] = HostTensor::scalar(float(steps_ + 1));
+  std::map<std::string, HostTensor> out =
+      compiled_->interpreter->run("train_step", args);
+  StepResult result;
+  result.loss = out.at("loss").data[0];
+  result.gradNorm = out.at("grad_norm").data[0];
+  for (const std::string &name : names_) {
+    params_[name] = std::move(out.at(name));
+    result.grads[name + ".grad"] = std::move(out.at(name + ".grad"));
+  }
+  for (const std::string &name : stateNames_)
+    state_[name] = std::move(out.at(name));
+  ++steps_;
+  return result;
+}
+
+std::pair<float, float> TrainingSession::evaluate(const Batch &batch) {
+  std::map<std::string, HostTensor> args = params_;
+  args["tokens"] = batch.tokens;
+  args["positions"] = batch.positions;
+  args["labels"] = batch.labels;
+  args["loss_mask"] = batch.lossMask;
+  std::map<std::string, HostTensor> out =
+      compiled_->interpreter->run("eval_step", args);
+  return {out.at("loss").data[0], out.at("token_count").data[0]};
+}
+
+} // namespace bitloom

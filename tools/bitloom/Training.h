@@ -1,0 +1,103 @@
+//===- Training.h - Training steps on the reference executor ----*- C++ -*-===//
+//
+// What `bitloom step` and `bitloom train` share: batches from files, LoRA
+// adapters in PEFT format (load, initialize, save), and a session that runs
+// the compiled @train_step / @eval_step of a module step after step.
+//
+//===----------------------------------------------------------------------===//
+#ifndef BITLOOM_TOOLS_BITLOOM_TRAINING_H
+#define BITLOOM_TOOLS_BITLOOM_TRAINING_H
+
+#include "ImportModel.h"
+#include "codegen/reference/Interpreter.h"
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace bitloom {
+
+using reference::HostTensor;
+
+/// One batch as @train_step takes it, built the way Hugging Face's causal-LM
+/// loss sees `input_ids` + `labels`: labels[t] = ids[t + 1]; a 0 in the
+/// user's mask at position i removes token i as a prediction target.
+struct Batch {
+  HostTensor tokens, positions, labels, lossMask;
+  int64_t batchSize() const { return tokens.shape[0]; }
+  int64_t seqLen() const { return tokens.shape[1]; }
+};
+
+Batch makeBatch(const std::vector<std::vector<int32_t>> &ids,
+                const std::vector<std::vector<int32_t>> *mask);
+
+/// Reads one sequence per line, integers separated by spaces. All lines must
+/// have the same length. Errors name the file and line.
+std::vector<std::vector<int32_t>> readIntRows(const std::string &path);
+
+/// A LoRA adapter as PEFT stores it.
+struct Adapter {
+  LoRAOptions options;
+  std::map<std::string, HostTensor> tensors; // PEFT names
+};
+
+/// Reads adapter_config.json + adapter_model.safetensors from `dir`.
+/// Tensor names are PEFT's (GGUF models map onto the same HF names).
+Adapter loadPeftAdapter(const std::string &dir);
+
+/// Writes `dir`/adapter_model.safetensors and adapter_config.json (created
+/// atomically, file by file).
+void savePeftAdapter(const std::string &dir, const LoRAOptions &options,
+                     const std::map<std::string, HostTensor> &tensors,
+                     const std::string &baseModel);
+
+struct OptimizerOptions {
+  std::string trainable = "lora"; // lora | lora+norm | all
+  std::string optimizer = "adamw";
+  double weightDecay = 0.01;
+  double momentum = 0.0;
+  double beta1 = 0.9, beta2 = 0.999, epsilon = 1e-8;
+  double maxGradNorm = 0.0;
+};
+
+/// Builds train_step/eval_step for a model and runs them.
+class TrainingSession {
+public:
+  /// `initial` gives starting values for trainable tensors by name; LoRA
+  /// tensors not given are initialized as PEFT does (A kaiming-uniform with
+  /// a = sqrt(5) from `seed`, B zero); other trainables start from the
+  /// model's weights.
+  TrainingSession(const Model &model, const LoRAOptions &lora,
+                  const OptimizerOptions &optimizer,
+                  const std::map<std::string, HostTensor> &initial,
+                  uint64_t seed);
+  ~TrainingSession();
+
+  struct StepResult {
+    float loss = 0, gradNorm = 0;
+    std::map<std::string, HostTensor> grads; // "<name>.grad"
+  };
+  /// One optimizer step on `batch` with learning rate `lr`.
+  StepResult step(const Batch &batch, float lr);
+  /// Mean loss and number of targets, no update.
+  std::pair<float, float> evaluate(const Batch &batch);
+
+  const std::vector<std::string> &trainableNames() const { return names_; }
+  const std::map<std::string, HostTensor> &parameters() const {
+    return params_;
+  }
+  int64_t stepCount() const { return steps_; }
+
+private:
+  struct Compiled;
+  std::unique_ptr<Compiled> compiled_;
+  std::vector<std::string> names_;
+  std::map<std::string, HostTensor> params_, state_;
+  std::vector<std::string> stateNames_;
+  int64_t steps_ = 0;
+};
+
+} // namespace bitloom
+
+#endif // BITLOOM_TOOLS_BITLOOM_TRAINING_H
