@@ -316,7 +316,8 @@ void requireBlocks(DType t, uint64_t n, const char *what) {
 void dequantize(DType t, const uint8_t *src, float *dst, uint64_t n) {
   switch (t) {
   case DType::F32:
-    std::memcpy(dst, src, n * 4);
+    if (n > 0) // memcpy must not see the null pointers of empty tensors
+      std::memcpy(dst, src, n * 4);
     return;
   case DType::F64:
     for (uint64_t i = 0; i < n; ++i)

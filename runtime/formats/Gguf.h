@@ -44,7 +44,9 @@ std::string ggufValueTypeName(uint32_t type);
 
 /// A metadata value. Scalars keep their GGUF type; arrays keep the element
 /// type and hold their elements as a vector of values (strings for string
-/// arrays). Arrays of arrays are rejected on read.
+/// arrays). Arrays of arrays are rejected on read. `value` holds uint64_t for
+/// U8/U16/U32/U64, int64_t for I8/I16/I32/I64, double for F32/F64 (an F32 is
+/// exact as a double), bool, std::string, or the array's elements.
 struct GgufValue {
   GgufValueType type = GgufValueType::U32;
   GgufValueType elementType = GgufValueType::U32; // for arrays

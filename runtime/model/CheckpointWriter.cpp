@@ -21,8 +21,8 @@ AtomicOutputFile::AtomicOutputFile(std::string path) : path_(std::move(path)) {
   tmpPath_ = path_ + ".tmp-" + std::to_string(::getpid());
   file_ = std::fopen(tmpPath_.c_str(), "wb");
   if (!file_)
-    throw FormatError(path_, "", std::string("cannot create: ") +
-                                     std::strerror(errno));
+    throw FormatError(path_, "",
+                      std::string("cannot create: ") + std::strerror(errno));
   // Large buffered writes: the data arrives in multi-megabyte chunks anyway.
   std::setvbuf(file_, nullptr, _IOFBF, 1 << 20);
 }
@@ -36,8 +36,8 @@ AtomicOutputFile::~AtomicOutputFile() {
 
 void AtomicOutputFile::write(const void *data, size_t size) {
   if (size && std::fwrite(data, 1, size, file_) != size)
-    throw FormatError(path_, "", std::string("write failed: ") +
-                                     std::strerror(errno));
+    throw FormatError(path_, "",
+                      std::string("write failed: ") + std::strerror(errno));
   offset_ += size;
 }
 
@@ -57,8 +57,8 @@ void AtomicOutputFile::commit() {
   if (!ok || std::rename(tmpPath_.c_str(), path_.c_str()) != 0) {
     int err = errno;
     std::remove(tmpPath_.c_str());
-    throw FormatError(path_, "", std::string("cannot write: ") +
-                                     std::strerror(err));
+    throw FormatError(path_, "",
+                      std::string("cannot write: ") + std::strerror(err));
   }
 }
 
@@ -71,8 +71,9 @@ public:
       : file_(file), path_(path), name_(name), expected_(expected) {}
   void write(const void *data, size_t size) override {
     if (written_ + size > expected_)
-      throw std::logic_error(path_ + ": " + name_ + ": producer wrote more "
-                                                    "than the declared size");
+      throw std::logic_error(path_ + ": " + name_ +
+                             ": producer wrote more "
+                             "than the declared size");
     file_.write(data, size);
     written_ += size;
   }

@@ -1,4 +1,5 @@
-//===- CheckpointWriter.h - Streaming safetensors / GGUF writers -*- C++ -*-===//
+//===- CheckpointWriter.h - Streaming safetensors / GGUF writers -*- C++
+//-*-===//
 //
 // writeSafetensors and GgufWriter need every tensor's bytes in memory at
 // once; a 2b4t checkpoint is 4.8 GB (bf16) or 8+ GB (F32 GGUF). These writers

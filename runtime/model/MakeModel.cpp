@@ -177,14 +177,13 @@ struct GeneratedTokenizer {
 GeneratedTokenizer buildTokenizer(const ModelConfig &c) {
   GeneratedTokenizer t;
   // The corpus runs out of merges long before 32k or 128k tokens; the
-  // trainer then stops and the model's vocab_size keeps the unused rows (HF)
-  // or pads the list (GGUF), as real checkpoints with rounded-up vocabularies
-  // do.
-  t.vocab = trainByteLevelBpe(bundledCorpus(), size_t(c.vocabSize),
-                              PreTokenizer::Llama3,
-                              {kBos, kEndOfText, kStartHeader, kEndHeader, kEot});
-  if (int64_t(t.vocab.tokens.size()) > c.vocabSize)
-    throw std::logic_error("make-model: tokenizer larger than vocab_size");
+  // trainer then fills the vocabulary with reserved special tokens, as
+  // Llama-3 does, so the tokenizer always has exactly vocab_size tokens.
+  t.vocab = trainByteLevelBpe(
+      bundledCorpus(), size_t(c.vocabSize), PreTokenizer::Llama3,
+      {kBos, kEndOfText, kStartHeader, kEndHeader, kEot});
+  if (int64_t(t.vocab.tokens.size()) != c.vocabSize)
+    throw std::logic_error("make-model: tokenizer size != vocab_size");
   for (int32_t id : t.vocab.specialIds) {
     const std::string &tok = t.vocab.tokens.at(size_t(id));
     if (tok == kBos)
@@ -377,36 +376,36 @@ void writeHf(const MakeModelOptions &o, const ModelConfig &c,
     }
   }
   float lastScale = 1.0f;
-  writer.write((dir / "model.safetensors").string(),
-               [&](size_t k, TensorSink &sink) {
-                 const Item &item = items[k];
-                 const TensorSpec &s = layout[item.spec];
-                 if (item.scale) {
-                   uint16_t b = floatToBf16(lastScale);
-                   sink.write(&b, 2);
-                 } else if (o.packed && s.role == TensorRole::Projection) {
-                   // transformers' pack_weights: packed row r holds rows
-                   // r + i*P in bits 2i..2i+1 as code + 1.
-                   TernaryTensor t = ternarizeMaster(o.seed, s);
-                   const uint64_t rows = uint64_t(s.shape[0]);
-                   const uint64_t cols = uint64_t(s.shape[1]);
-                   const uint64_t p = rows / 4;
-                   std::vector<uint8_t> packed(size_t(p * cols), 0);
-                   parallelFor(p, 1, [&](uint64_t rb, uint64_t re) {
-                     for (uint64_t r = rb; r < re; ++r)
-                       for (uint64_t i = 0; i < 4; ++i) {
-                         const int8_t *src = &t.codes[size_t((r + i * p) * cols)];
-                         uint8_t *dst = &packed[size_t(r * cols)];
-                         for (uint64_t col = 0; col < cols; ++col)
-                           dst[col] |= uint8_t((src[col] + 1) << (2 * i));
-                       }
-                   });
-                   lastScale = t.scale;
-                   sink.write(packed.data(), packed.size());
-                 } else {
-                   streamMaster(o.seed, s, 2, encodeBf16, sink);
-                 }
-               });
+  writer.write(
+      (dir / "model.safetensors").string(), [&](size_t k, TensorSink &sink) {
+        const Item &item = items[k];
+        const TensorSpec &s = layout[item.spec];
+        if (item.scale) {
+          uint16_t b = floatToBf16(lastScale);
+          sink.write(&b, 2);
+        } else if (o.packed && s.role == TensorRole::Projection) {
+          // transformers' pack_weights: packed row r holds rows
+          // r + i*P in bits 2i..2i+1 as code + 1.
+          TernaryTensor t = ternarizeMaster(o.seed, s);
+          const uint64_t rows = uint64_t(s.shape[0]);
+          const uint64_t cols = uint64_t(s.shape[1]);
+          const uint64_t p = rows / 4;
+          std::vector<uint8_t> packed(size_t(p * cols), 0);
+          parallelFor(p, 1, [&](uint64_t rb, uint64_t re) {
+            for (uint64_t r = rb; r < re; ++r)
+              for (uint64_t i = 0; i < 4; ++i) {
+                const int8_t *src = &t.codes[size_t((r + i * p) * cols)];
+                uint8_t *dst = &packed[size_t(r * cols)];
+                for (uint64_t col = 0; col < cols; ++col)
+                  dst[col] |= uint8_t((src[col] + 1) << (2 * i));
+              }
+          });
+          lastScale = t.scale;
+          sink.write(packed.data(), packed.size());
+        } else {
+          streamMaster(o.seed, s, 2, encodeBf16, sink);
+        }
+      });
 }
 
 //===----------------------------------------------------------------------===//
@@ -468,8 +467,7 @@ void writeGguf(const MakeModelOptions &o, const ModelConfig &c,
   w.set(a + "feed_forward_length",
         GgufValue::u32(uint32_t(c.intermediateSize)));
   w.set(a + "attention.head_count", GgufValue::u32(uint32_t(c.numHeads)));
-  w.set(a + "attention.head_count_kv",
-        GgufValue::u32(uint32_t(c.numKvHeads)));
+  w.set(a + "attention.head_count_kv", GgufValue::u32(uint32_t(c.numKvHeads)));
   w.set(a + "rope.freq_base", GgufValue::f32(float(c.ropeTheta)));
   w.set(a + "attention.layer_norm_rms_epsilon",
         GgufValue::f32(float(c.rmsNormEps)));
@@ -480,23 +478,21 @@ void writeGguf(const MakeModelOptions &o, const ModelConfig &c,
   w.set(a + "rope.scaling.factor", GgufValue::f32(1.0f));
   w.set("general.quantization_version", GgufValue::u32(2));
 
-  // Vocabulary as _set_vocab_gpt2 writes it: padded to vocab_size with
-  // [PADn] user-defined tokens; specials are control tokens.
-  std::vector<std::string> tokens = tok.vocab.tokens;
-  std::vector<int32_t> types(tokens.size(), 1); // NORMAL
+  // Vocabulary as _set_vocab_gpt2 writes it (and as
+  // writeGgufTokenizerMetadata does for a GgufWriter): specials, including
+  // the trainer's reserved padding tokens, are control tokens.
+  std::vector<int32_t> types(tok.vocab.tokens.size(), 1); // NORMAL
   for (int32_t id : tok.vocab.specialIds)
     types[size_t(id)] = 3; // CONTROL
-  for (int64_t i = int64_t(tokens.size()); i < c.vocabSize; ++i) {
-    tokens.push_back("[PAD" + std::to_string(i) + "]");
-    types.push_back(4); // USER_DEFINED
-  }
   std::vector<std::string> merges;
   merges.reserve(tok.vocab.merges.size());
   for (const auto &m : tok.vocab.merges)
     merges.push_back(m.first + " " + m.second);
   w.set("tokenizer.ggml.model", GgufValue::string("gpt2"));
-  w.set("tokenizer.ggml.pre", GgufValue::string("llama-bpe"));
-  w.set("tokenizer.ggml.tokens", GgufValue::stringArray(std::move(tokens)));
+  w.set("tokenizer.ggml.pre",
+        GgufValue::string(tok.vocab.pre == PreTokenizer::Llama3 ? "llama-bpe"
+                                                                : "gpt-2"));
+  w.set("tokenizer.ggml.tokens", GgufValue::stringArray(tok.vocab.tokens));
   w.set("tokenizer.ggml.token_type", GgufValue::i32Array(types));
   w.set("tokenizer.ggml.merges", GgufValue::stringArray(std::move(merges)));
   w.set("tokenizer.ggml.bos_token_id", GgufValue::u32(uint32_t(tok.bos)));
@@ -515,7 +511,8 @@ void writeGguf(const MakeModelOptions &o, const ModelConfig &c,
       // that are not whole 256-weight blocks are written F16.
       t = ternaryBlocks && s.shape[1] % 256 != 0 ? GgmlType::F16 : proj.type;
     types2.push_back(t);
-    w.add(s.ggufName, t, std::vector<int64_t>(s.shape.rbegin(), s.shape.rend()));
+    w.add(s.ggufName, t,
+          std::vector<int64_t>(s.shape.rbegin(), s.shape.rend()));
   }
 
   w.write(path.string(), [&](size_t k, TensorSink &sink) {

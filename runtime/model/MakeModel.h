@@ -60,10 +60,10 @@ struct MakeModelOptions {
 /// English corpus up to the preset's vocab size, with special tokens
 /// <|begin_of_text|> (bos), <|end_of_text|>, <|start_header_id|>,
 /// <|end_header_id|>, <|eot_id|> (eos in config.json and GGUF;
-/// generation_config lists end_of_text and eot_id). The corpus supports only
-/// a few thousand merges: for small/2b4t the tokenizer is smaller than
-/// vocab_size (HF keeps the unused embedding rows; GGUF pads the token list
-/// with [PADn] user-defined tokens, as convert_hf_to_gguf.py does).
+/// generation_config lists end_of_text and eot_id) as the last five ids. The
+/// corpus supports only a few thousand merges: the rest of the vocabulary
+/// (all of it but 256 bytes + specials for tiny) is the trainer's
+/// <|reserved_special_token_N|> padding, as in Llama-3.
 void makeModel(const MakeModelOptions &options, const std::string &out);
 
 /// BitNet b1.58's absmean ternarization in float32 as transformers'

@@ -54,8 +54,8 @@ uint64_t product(const std::vector<int64_t> &shape) {
 std::string readTextFile(const std::string &path) {
   std::ifstream in(path, std::ios::binary);
   if (!in)
-    throw FormatError(path, "", std::string("cannot open: ") +
-                                    std::strerror(errno));
+    throw FormatError(path, "",
+                      std::string("cannot open: ") + std::strerror(errno));
   std::ostringstream ss;
   ss << in.rdbuf();
   if (in.bad())
@@ -187,13 +187,13 @@ void checkRopeScaling(const json &j, const char *key, const std::string &path) {
   if (!rs)
     return;
   if (!rs->is_object())
-    throw FormatError(path, key,
-                      std::string("expected an object, got ") + rs->type_name());
+    throw FormatError(
+        path, key, std::string("expected an object, got ") + rs->type_name());
   std::string type = "default";
   if (const json *t = findKey(*rs, "rope_type"))
     type = toString(*t, path, std::string(key) + ".rope_type");
-  else if (const json *t = findKey(*rs, "type"))
-    type = toString(*t, path, std::string(key) + ".type");
+  else if (const json *legacy = findKey(*rs, "type"))
+    type = toString(*legacy, path, std::string(key) + ".type");
   double factor = 1.0;
   if (const json *fct = findKey(*rs, "factor"))
     factor = toDouble(*fct, path, std::string(key) + ".factor");
@@ -239,10 +239,10 @@ ModelConfig parseHfConfigJson(const json &j, const std::string &path,
     if (c.numHeads <= 0)
       throw FormatError(path, "num_attention_heads", "must be positive");
     if (c.hiddenSize % c.numHeads != 0)
-      throw FormatError(path, "num_attention_heads",
-                        std::to_string(c.numHeads) + " does not divide hidden_size " +
-                            std::to_string(c.hiddenSize) +
-                            " and head_dim is absent");
+      throw FormatError(
+          path, "num_attention_heads",
+          std::to_string(c.numHeads) + " does not divide hidden_size " +
+              std::to_string(c.hiddenSize) + " and head_dim is absent");
     c.headDim = c.hiddenSize / c.numHeads;
   }
   c.maxPositionEmbeddings = 2048; // BitNetConfig default
@@ -285,9 +285,8 @@ ModelConfig parseHfConfigJson(const json &j, const std::string &path,
   if (const json *qc = findKey(j, "quantization_config")) {
     const std::string k = "quantization_config";
     if (!qc->is_object())
-      throw FormatError(path, k,
-                        std::string("expected an object, got ") +
-                            qc->type_name());
+      throw FormatError(
+          path, k, std::string("expected an object, got ") + qc->type_name());
     const json *qm = findKey(*qc, "quant_method");
     if (!qm)
       throw FormatError(path, k + ".quant_method", "missing required key");
@@ -466,11 +465,12 @@ std::vector<detail::TensorSpec> detail::tensorLayout(const ModelConfig &c) {
   const int64_t kvDim = c.numKvHeads * c.headDim;
   const auto &proj = projectionNames();
   // Shapes of q k v o gate up down, in projectionNames() order.
-  const std::vector<int64_t> projShapes[] = {{qDim, h}, {kvDim, h}, {kvDim, h},
-                                             {h, qDim}, {f, h},     {f, h},
-                                             {h, f}};
+  const std::vector<int64_t> projShapes[] = {
+      {qDim, h}, {kvDim, h}, {kvDim, h}, {h, qDim}, {f, h}, {f, h}, {h, f}};
   std::vector<TensorSpec> out;
-  out.push_back({"model.embed_tokens.weight", "token_embd.weight", {v, h},
+  out.push_back({"model.embed_tokens.weight",
+                 "token_embd.weight",
+                 {v, h},
                  TensorRole::Embedding});
   for (int64_t l = 0; l < c.numLayers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
@@ -528,8 +528,7 @@ void ModelConfig::validate(const std::string &file) const {
   if (numHeads * headDim != hiddenSize)
     throw FormatError(file, "head_dim",
                       std::to_string(headDim) + " x " +
-                          std::to_string(numHeads) +
-                          " heads != hidden_size " +
+                          std::to_string(numHeads) + " heads != hidden_size " +
                           std::to_string(hiddenSize));
   if (headDim % 2 != 0)
     throw FormatError(file, "head_dim",
@@ -550,7 +549,8 @@ void ModelConfig::validate(const std::string &file) const {
   auto tokenId = [&](const std::optional<int64_t> &id, const char *field) {
     if (id && (*id < 0 || *id >= vocabSize))
       throw FormatError(file, field,
-                        std::to_string(*id) + " is outside the vocabulary [0, " +
+                        std::to_string(*id) +
+                            " is outside the vocabulary [0, " +
                             std::to_string(vocabSize) + ")");
   };
   tokenId(bosTokenId, "bos_token_id");
@@ -761,10 +761,10 @@ std::unique_ptr<Model> ModelLoader::openHf(const fs::path &dir) {
   md.emplace_back("weight_quant",
                   c.weightQuant == WeightQuant::Online
                       ? "online (float master weights, ternarized per forward)"
-                      : extras.reciprocalScale
-                            ? "offline (packed uint8, weight_scale = 1/s: "
-                              "BitLinear)"
-                            : "offline (packed uint8 + weight_scale)");
+                  : extras.reciprocalScale
+                      ? "offline (packed uint8, weight_scale = 1/s: "
+                        "BitLinear)"
+                      : "offline (packed uint8 + weight_scale)");
   uint64_t params = 0;
   for (const ModelTensor &t : m->tensors_)
     params += t.numElements();
@@ -807,9 +807,8 @@ std::unique_ptr<Model> ModelLoader::openGguf(const std::string &path) {
   c.hiddenSize = int64_t(g.getUInt(p + "embedding_length"));
   c.intermediateSize = int64_t(g.getUInt(p + "feed_forward_length"));
   c.numHeads = int64_t(g.getUInt(p + "attention.head_count"));
-  c.numKvHeads =
-      int64_t(g.getOptionalUInt(p + "attention.head_count_kv")
-                  .value_or(uint64_t(c.numHeads)));
+  c.numKvHeads = int64_t(g.getOptionalUInt(p + "attention.head_count_kv")
+                             .value_or(uint64_t(c.numHeads)));
   c.rmsNormEps = g.getFloat(p + "attention.layer_norm_rms_epsilon");
   // llama.cpp's default base applies only when the key is absent.
   c.ropeTheta = g.getOptionalFloat(p + "rope.freq_base").value_or(10000.0);
@@ -900,7 +899,8 @@ std::unique_ptr<Model> ModelLoader::openGguf(const std::string &path) {
     if (projection) {
       // Optional per-tensor output scale (llama.cpp: wq_s etc.).
       const std::string scaleName =
-          e.ggufName.substr(0, e.ggufName.size() - std::string("weight").size()) +
+          e.ggufName.substr(0,
+                            e.ggufName.size() - std::string("weight").size()) +
           "scale";
       if (const GgufTensor *st = g.findTensor(scaleName)) {
         std::optional<DType> sdt = ggmlTypeToDType(st->type);
@@ -996,16 +996,16 @@ void Model::dequantizeRows(const ModelTensor &t, int64_t rowBegin,
   const uint64_t n = uint64_t(rowEnd - rowBegin) * cols;
   switch (t.packing) {
   case TensorPacking::Plain:
-    bitloom::dequantize(t.dtype, t.data + uint64_t(rowBegin) * cols *
-                                              dtypeSize(t.dtype),
+    bitloom::dequantize(t.dtype,
+                        t.data + uint64_t(rowBegin) * cols * dtypeSize(t.dtype),
                         out, n);
     break;
   case TensorPacking::TQ1_0:
   case TensorPacking::TQ2_0:
     // Blocks run along the row (the input dim), rows are contiguous.
-    bitloom::dequantize(t.dtype, t.data + uint64_t(rowBegin) *
-                                              dtypeStorageBytes(t.dtype, cols),
-                        out, n);
+    bitloom::dequantize(
+        t.dtype, t.data + uint64_t(rowBegin) * dtypeStorageBytes(t.dtype, cols),
+        out, n);
     break;
   case TensorPacking::HfUint8: {
     // Packed row r holds logical rows r + i*P (P = rows/4) in bits 2i..2i+1;

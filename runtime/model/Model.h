@@ -5,6 +5,30 @@
 // arch "bitnet", validates it completely, and presents the weights under the
 // Hugging Face tensor names (the canonical names in loom IR and in PEFT
 // adapters), without copying them: tensors point into memory mappings.
+// Opening reads only config/headers (a 2.4B-parameter model opens in
+// milliseconds with a few MB resident).
+//
+// Hugging Face: config keys default as transformers' BitNetConfig does
+// (max_position_embeddings 2048, rms_norm_eps 1e-5, rope_theta 500000,
+// hidden_act relu2, tie_word_embeddings *false*), except the architecture
+// sizes (vocab, hidden, intermediate, layers, heads, kv heads), which are
+// required. quantization_config (quant_method "bitnet"): absent or
+// autobitlinear/online = float master weights; autobitlinear/offline =
+// packed uint8 whose weight_scale multiplies the output (AutoBitLinear);
+// linear_class "bitlinear" (BitNetQuantConfig's default) = packed uint8
+// whose weight_scale *divides* the output, as transformers' BitLinear does,
+// so outputScale = 1 / weight_scale. A single model.safetensors wins over
+// an index, as in transformers. Tensors the config does not imply (rotary
+// buffers, a tied lm_head copy, ...) are ignored and listed in metadata()
+// under "ignored_tensors".
+//
+// GGUF (general.architecture "bitnet"): hyper-parameters from bitnet.*
+// (head_count_kv defaults to head_count, rope.freq_base to 10000 only when
+// absent, head dim from attention.key_length or embedding/heads and
+// rope.dimension_count must equal it, vocab from vocab_size, else the token
+// list, else token_embd), activation relu2 (no GGUF key; see DESIGN.md),
+// tied unless an output.weight exists, projections always Offline (already
+// ternary x scale, whatever their type) with optional blk.N.<proj>.scale.
 //
 //===----------------------------------------------------------------------===//
 #ifndef BITLOOM_MODEL_MODEL_H
@@ -52,12 +76,15 @@ struct ModelConfig {
 
   /// Throws FormatError(file, field, ...) on inconsistent values (heads not
   /// dividing hidden when head_dim is absent, heads % kv_heads != 0,
-  /// non-positive sizes, unsupported hidden_act).
+  /// non-positive sizes, heads x head_dim != hidden (attn_sub_norm spans
+  /// hidden), odd head_dim, unsupported hidden_act, bos/eos outside the
+  /// vocabulary). Field names are the config.json keys.
   void validate(const std::string &file) const;
 };
 
 /// Parses a Hugging Face config.json (model_type must be "bitnet"; reads
-/// rope_theta at top level or under rope_parameters).
+/// rope_theta at top level or under rope_parameters; an eos_token_id list
+/// gives its first id; RoPE scaling other than none/linear x1 is rejected).
 ModelConfig parseHfConfig(const std::string &path);
 
 /// How one tensor is stored in its file.
@@ -70,15 +97,16 @@ enum class TensorPacking {
 
 /// One weight of the model under its Hugging Face name.
 struct ModelTensor {
-  std::string name;           // HF name, e.g. model.layers.0.mlp.up_proj.weight
-  std::string fileName;       // name inside the file (GGUF: blk.0.ffn_up.weight)
-  std::string filePath;       // the file that holds it
-  DType dtype;                // storage element type
+  std::string name;     // HF name, e.g. model.layers.0.mlp.up_proj.weight
+  std::string fileName; // name inside the file (GGUF: blk.0.ffn_up.weight)
+  std::string filePath; // the file that holds it
+  DType dtype;          // storage element type
   TensorPacking packing;
-  std::vector<int64_t> shape; // logical shape, HF order: [out, in] / [vocab, hidden] / [hidden]
-  const uint8_t *data;        // into the mapping
+  std::vector<int64_t>
+      shape; // logical shape, HF order: [out, in] / [vocab, hidden] / [hidden]
+  const uint8_t *data; // into the mapping
   size_t byteSize;
-  bool isProjection = false;  // a BitLinear weight (q,k,v,o,gate,up,down)
+  bool isProjection = false; // a BitLinear weight (q,k,v,o,gate,up,down)
   /// Per-tensor scale of an offline projection: HF `weight_scale`, or a GGUF
   /// `<name>.scale` tensor (which multiplies the output). 1 when absent.
   float outputScale = 1.0f;
@@ -101,7 +129,12 @@ public:
   /// down), model.norm, lm_head (only when untied).
   const std::vector<ModelTensor> &tensors() const { return tensors_; }
   const ModelTensor *find(const std::string &hfName) const;
-  /// Format-level metadata for `inspect` (GGUF keys, config.json fields).
+  /// Format-level metadata for `inspect`: format, parameters, then for HF
+  /// weights/weight_quant/head_dim/tokenizer and every config.json field
+  /// (nested objects flattened as "quantization_config.quant_method"); for
+  /// GGUF every KV in file order, arrays over 16 elements summarized as
+  /// "[N strings]" / "[N i32]" and strings over 160 chars cut with their
+  /// length. "ignored_tensors" lists unused tensors when there are any.
   const std::vector<std::pair<std::string, std::string>> &metadata() const {
     return metadata_;
   }
@@ -110,9 +143,11 @@ public:
   /// online projections and norms/embeddings; for offline projections the
   /// ternary pattern × scale (per tensor, or per block for TQ types), times
   /// outputScale. `out` holds numElements() floats in HF [out, in] order.
+  /// HF packed codes read as code - 1, like transformers' unpack_weights.
   void dequantize(const ModelTensor &t, float *out) const;
   /// Same, but only rows [rowBegin, rowEnd) of the first dimension (used for
-  /// embeddings so a 128k-row table is never expanded whole).
+  /// embeddings so a 128k-row table is never expanded whole). Any range
+  /// works for every packing, HfUint8 included. Throws std::out_of_range.
   void dequantizeRows(const ModelTensor &t, int64_t rowBegin, int64_t rowEnd,
                       float *out) const;
 

@@ -46,12 +46,14 @@ struct Trainer {
   void push(uint64_t key, int64_t count) {
     heap.push_back({count, static_cast<int32_t>(key >> 32),
                     static_cast<int32_t>(key & 0xFFFFFFFF)});
-    std::push_heap(heap.begin(), heap.end(),
-                   [this](const Entry &x, const Entry &y) { return lower(x, y); });
+    std::push_heap(
+        heap.begin(), heap.end(),
+        [this](const Entry &x, const Entry &y) { return lower(x, y); });
   }
   Entry pop() {
-    std::pop_heap(heap.begin(), heap.end(),
-                  [this](const Entry &x, const Entry &y) { return lower(x, y); });
+    std::pop_heap(
+        heap.begin(), heap.end(),
+        [this](const Entry &x, const Entry &y) { return lower(x, y); });
     Entry e = heap.back();
     heap.pop_back();
     return e;
@@ -102,13 +104,27 @@ void jsonString(std::string &out, const std::string &s) {
   out += '"';
   for (unsigned char c : s) {
     switch (c) {
-    case '"': out += "\\\""; break;
-    case '\\': out += "\\\\"; break;
-    case '\n': out += "\\n"; break;
-    case '\r': out += "\\r"; break;
-    case '\t': out += "\\t"; break;
-    case '\b': out += "\\b"; break;
-    case '\f': out += "\\f"; break;
+    case '"':
+      out += "\\\"";
+      break;
+    case '\\':
+      out += "\\\\";
+      break;
+    case '\n':
+      out += "\\n";
+      break;
+    case '\r':
+      out += "\\r";
+      break;
+    case '\t':
+      out += "\\t";
+      break;
+    case '\b':
+      out += "\\b";
+      break;
+    case '\f':
+      out += "\\f";
+      break;
     default:
       if (c < 0x20) {
         out += "\\u00";
@@ -132,8 +148,8 @@ BpeVocab trainByteLevelBpe(const std::string &corpus, size_t vocabSize,
     if (s.empty())
       throw std::invalid_argument("trainByteLevelBpe: empty special token");
     if (!specialSet.insert(s).second)
-      throw std::invalid_argument("trainByteLevelBpe: duplicate special token '" +
-                                  s + "'");
+      throw std::invalid_argument(
+          "trainByteLevelBpe: duplicate special token '" + s + "'");
   }
   if (vocabSize < 256 + specialTokens.size())
     throw std::invalid_argument(
@@ -282,8 +298,8 @@ std::string toHfTokenizerJson(const BpeVocab &v,
       if (v.tokens[i] == *bosToken)
         bosId = static_cast<int32_t>(i);
     if (!bosId)
-      throw std::invalid_argument("toHfTokenizerJson: bos token '" +
-                                  *bosToken + "' is not a special token");
+      throw std::invalid_argument("toHfTokenizerJson: bos token '" + *bosToken +
+                                  "' is not a special token");
   }
   const bool llama3 = v.pre == PreTokenizer::Llama3;
 
@@ -317,9 +333,10 @@ std::string toHfTokenizerJson(const BpeVocab &v,
          "    \"add_prefix_space\": false,\n    \"trim_offsets\": true,\n"
          "    \"use_regex\": true\n  },\n";
   }
-  const char *byteLevelPost = "\"type\": \"ByteLevel\",\n%I\"add_prefix_space\": "
-                              "true,\n%I\"trim_offsets\": false,\n"
-                              "%I\"use_regex\": true";
+  const char *byteLevelPost =
+      "\"type\": \"ByteLevel\",\n%I\"add_prefix_space\": "
+      "true,\n%I\"trim_offsets\": false,\n"
+      "%I\"use_regex\": true";
   auto indent = [](const char *tmpl, const std::string &pad) {
     std::string s;
     for (const char *p = tmpl; *p; ++p) {
@@ -338,13 +355,15 @@ std::string toHfTokenizerJson(const BpeVocab &v,
     std::string tpl;
     auto special = [&](const std::string &pad, int typeId) {
       return pad + "{\n" + pad + "  \"SpecialToken\": {\n" + pad +
-             "    \"id\": " + name + ",\n" + pad + "    \"type_id\": " +
-             std::to_string(typeId) + "\n" + pad + "  }\n" + pad + "}";
+             "    \"id\": " + name + ",\n" + pad +
+             "    \"type_id\": " + std::to_string(typeId) + "\n" + pad +
+             "  }\n" + pad + "}";
     };
     auto sequence = [&](const std::string &pad, const char *id, int typeId) {
       return pad + "{\n" + pad + "  \"Sequence\": {\n" + pad +
-             "    \"id\": \"" + id + "\",\n" + pad + "    \"type_id\": " +
-             std::to_string(typeId) + "\n" + pad + "  }\n" + pad + "}";
+             "    \"id\": \"" + id + "\",\n" + pad +
+             "    \"type_id\": " + std::to_string(typeId) + "\n" + pad +
+             "  }\n" + pad + "}";
     };
     auto templ = [&](const std::string &pad) {
       std::string p2 = pad + "  ";
@@ -355,10 +374,10 @@ std::string toHfTokenizerJson(const BpeVocab &v,
                       sequence(p2, "A", 0) + ",\n" + special(p2, 1) + ",\n" +
                       sequence(p2, "B", 1) + "\n" + pad + "],\n" + pad +
                       "\"special_tokens\": {\n" + p2 + name + ": {\n" + p2 +
-                      "  \"id\": " + name + ",\n" + p2 + "  \"ids\": [\n" +
-                      p2 + "    " + std::to_string(*bosId) + "\n" + p2 +
-                      "  ],\n" + p2 + "  \"tokens\": [\n" + p2 + "    " +
-                      name + "\n" + p2 + "  ]\n" + p2 + "}\n" + pad + "}";
+                      "  \"id\": " + name + ",\n" + p2 + "  \"ids\": [\n" + p2 +
+                      "    " + std::to_string(*bosId) + "\n" + p2 + "  ],\n" +
+                      p2 + "  \"tokens\": [\n" + p2 + "    " + name + "\n" +
+                      p2 + "  ]\n" + p2 + "}\n" + pad + "}";
       return s;
     };
     if (llama3) {
@@ -419,9 +438,9 @@ void writeGgufTokenizerMetadata(GgufWriter &writer, const BpeVocab &v,
   for (const auto &[a, b] : v.merges)
     merges.push_back(a + " " + b);
   writer.set("tokenizer.ggml.model", GgufValue::string("gpt2"));
-  writer.set("tokenizer.ggml.pre",
-             GgufValue::string(v.pre == PreTokenizer::Llama3 ? "llama-bpe"
-                                                             : "gpt-2"));
+  writer.set(
+      "tokenizer.ggml.pre",
+      GgufValue::string(v.pre == PreTokenizer::Llama3 ? "llama-bpe" : "gpt-2"));
   writer.set("tokenizer.ggml.tokens", GgufValue::stringArray(v.tokens));
   writer.set("tokenizer.ggml.token_type", GgufValue::i32Array(types));
   writer.set("tokenizer.ggml.merges", GgufValue::stringArray(merges));

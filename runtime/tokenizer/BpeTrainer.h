@@ -1,4 +1,5 @@
-//===- BpeTrainer.h - Byte-level BPE training for generated models -*- C++ -*-===//
+//===- BpeTrainer.h - Byte-level BPE training for generated models -*- C++
+//-*-===//
 //
 // `bitloom make-model` gives its seeded random checkpoints a real tokenizer:
 // a byte-level BPE learned from a small corpus, written as a tokenizer.json

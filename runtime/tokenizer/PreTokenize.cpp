@@ -28,9 +28,8 @@ struct Cursor {
   bool isS(size_t i) const { return i < n && (cls(i) & unicode::kWhitespace); }
   // [^\s\p{L}\p{N}]
   bool isOther(size_t i) const {
-    return i < n &&
-           !(cls(i) & (unicode::kLetter | unicode::kNumber |
-                       unicode::kWhitespace));
+    return i < n && !(cls(i) & (unicode::kLetter | unicode::kNumber |
+                                unicode::kWhitespace));
   }
   bool isCrLf(size_t i) const {
     return i < n && (cps[i].cp == '\r' || cps[i].cp == '\n');
@@ -155,8 +154,9 @@ void split(PreTokenizer pattern, const std::string &text, size_t begin,
   Cursor c{cps, cps.size()};
   size_t i = 0;
   while (i < c.n) {
-    size_t j = pattern == PreTokenizer::Gpt2 ? matchGpt2(c, i)
-                                             : matchLlama3(c, i, options.foldLongS);
+    size_t j = pattern == PreTokenizer::Gpt2
+                   ? matchGpt2(c, i)
+                   : matchLlama3(c, i, options.foldLongS);
     size_t from = cps[i].offset;
     size_t to = j < c.n ? cps[j].offset : end;
     out.emplace_back(from, to);

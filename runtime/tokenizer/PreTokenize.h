@@ -1,4 +1,5 @@
-//===- PreTokenize.h - Hand-written GPT-2 / Llama-3 split regexes -*- C++ -*-===//
+//===- PreTokenize.h - Hand-written GPT-2 / Llama-3 split regexes -*- C++
+//-*-===//
 //
 // Internal to bitloom_tokenizer. Reproduces what Oniguruma's find_iter gives
 // for the two patterns (leftmost-first alternation with backtracking), so

@@ -28,8 +28,9 @@ public:
     entries.erase(std::remove_if(entries.begin(), entries.end(),
                                  [](const auto &e) { return e.first.empty(); }),
                   entries.end());
-    std::stable_sort(entries.begin(), entries.end(),
-                     [](const auto &a, const auto &b) { return a.first < b.first; });
+    std::stable_sort(
+        entries.begin(), entries.end(),
+        [](const auto &a, const auto &b) { return a.first < b.first; });
     for (const auto &e : entries)
       first_[static_cast<uint8_t>(e.first[0])] = true;
     struct Work {
@@ -66,7 +67,9 @@ public:
     }
   }
 
-  bool empty() const { return nodes_.size() <= 1 && (nodes_.empty() || nodes_[0].value < 0); }
+  bool empty() const {
+    return nodes_.size() <= 1 && (nodes_.empty() || nodes_[0].value < 0);
+  }
 
   /// Longest entry that is a prefix of s[pos, end): {length, value}, or
   /// {0, -1} when none is.

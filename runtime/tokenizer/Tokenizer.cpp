@@ -207,10 +207,10 @@ struct Tokenizer::Impl {
   std::optional<int32_t> unkId;
   bool fuseUnk = false;
   struct PreStep {
-    bool byteLevel;           // else a regex Split
-    PreTokenizer pattern;     // Split pattern
-    bool addPrefixSpace;      // ByteLevel
-    bool useRegex;            // ByteLevel: GPT-2 regex
+    bool byteLevel;       // else a regex Split
+    PreTokenizer pattern; // Split pattern
+    bool addPrefixSpace;  // ByteLevel
+    bool useRegex;        // ByteLevel: GPT-2 regex
   };
   std::vector<PreStep> steps;
   pretok::SplitOptions splitOptions;
@@ -500,15 +500,16 @@ void Tokenizer::Impl::encodeSpm(const std::string &text,
     size_t len = lead < 0xC0 ? 1 : lead < 0xE0 ? 2 : lead < 0xF0 ? 3 : 4;
     len = std::min(len, text.size() - off);
     int idx = static_cast<int>(syms.size());
-    syms.push_back({idx - 1, off + len == text.size() ? -1 : idx + 1, off, len});
+    syms.push_back(
+        {idx - 1, off + len == text.size() ? -1 : idx + 1, off, len});
     off += len;
   }
   std::priority_queue<Bigram> queue;
   auto tryAdd = [&](int left, int right) {
     if (left < 0 || right < 0)
       return;
-    auto it = vocab.find(
-        text.substr(syms[left].off, syms[left].n + syms[right].n));
+    auto it =
+        vocab.find(text.substr(syms[left].off, syms[left].n + syms[right].n));
     if (it == vocab.end())
       return;
     queue.push({left, right, scores[it->second], syms[left].n + syms[right].n});
@@ -627,8 +628,8 @@ std::string Tokenizer::Impl::tokenToPiece(int32_t id, bool special) const {
     return text;
   if (attr & kAttrByte) {
     if (text.size() == 6 && text.compare(0, 3, "<0x") == 0)
-      return std::string(1, static_cast<char>(std::stoi(text.substr(3, 2),
-                                                        nullptr, 16)));
+      return std::string(
+          1, static_cast<char>(std::stoi(text.substr(3, 2), nullptr, 16)));
     return "";
   }
   if (!(attr & kAttrNormal))
@@ -831,9 +832,8 @@ void parsePreTokenizer(const JsonReader &r, const json &v,
              "unsupported split regex (only the GPT-2 and Llama-3 patterns "
              "are implemented): " +
                  p);
-    std::string behavior =
-        r.string(r.require(v, "behavior", field + ".behavior"),
-                 field + ".behavior");
+    std::string behavior = r.string(
+        r.require(v, "behavior", field + ".behavior"), field + ".behavior");
     if (behavior != "Isolated")
       r.fail(field + ".behavior",
              "unsupported split behavior '" + behavior + "' (only Isolated)");
@@ -890,10 +890,9 @@ void parsePostProcessor(const JsonReader &r, const json &v,
       std::string f = field + ".single[" + std::to_string(i) + "]";
       const json &piece = r.object(single[i], f);
       if (const json *seq = r.get(piece, "Sequence")) {
-        std::string which =
-            r.string(r.require(r.object(*seq, f + ".Sequence"), "id",
-                               f + ".Sequence.id"),
-                     f + ".Sequence.id");
+        std::string which = r.string(r.require(r.object(*seq, f + ".Sequence"),
+                                               "id", f + ".Sequence.id"),
+                                     f + ".Sequence.id");
         if (which != "A" || seenA)
           r.fail(f + ".Sequence.id", "a single template must use A once");
         seenA = true;
@@ -902,21 +901,18 @@ void parsePostProcessor(const JsonReader &r, const json &v,
       const json *sp = r.get(piece, "SpecialToken");
       if (!sp)
         r.fail(f, "expected Sequence or SpecialToken");
-      std::string name = r.string(
-          r.require(r.object(*sp, f + ".SpecialToken"), "id",
-                    f + ".SpecialToken.id"),
-          f + ".SpecialToken.id");
+      std::string name = r.string(r.require(r.object(*sp, f + ".SpecialToken"),
+                                            "id", f + ".SpecialToken.id"),
+                                  f + ".SpecialToken.id");
       const json *entry = r.get(specials, name);
       if (!entry)
         r.fail(field + ".special_tokens",
                "no entry for template token '" + name + "'");
-      const json &ids = r.require(r.object(*entry, field + ".special_tokens." +
-                                                       name),
-                                  "ids", field + ".special_tokens." + name +
-                                             ".ids");
+      const json &ids =
+          r.require(r.object(*entry, field + ".special_tokens." + name), "ids",
+                    field + ".special_tokens." + name + ".ids");
       if (!ids.is_array())
-        r.fail(field + ".special_tokens." + name + ".ids",
-               "expected an array");
+        r.fail(field + ".special_tokens." + name + ".ids", "expected an array");
       for (const json &x : ids)
         (seenA ? post : pre)
             .push_back(r.id(x, field + ".special_tokens." + name + ".ids"));
@@ -956,8 +952,8 @@ std::unique_ptr<Tokenizer::Impl> loadHf(const json &root,
 
   if (const json *v = r.get(root, "version")) {
     if (r.string(*v, "version") != "1.0")
-      r.fail("version", "unknown tokenizer version '" + v->get<std::string>() +
-                            "'");
+      r.fail("version",
+             "unknown tokenizer version '" + v->get<std::string>() + "'");
   }
   if (const json *n = r.get(root, "normalizer"); n && !n->is_null())
     r.fail("normalizer", "unsupported normalizer '" +
@@ -972,8 +968,7 @@ std::unique_ptr<Tokenizer::Impl> loadHf(const json &root,
   if (const json *t = r.get(model, "type")) {
     std::string type = r.string(*t, "model.type");
     if (type != "BPE")
-      r.fail("model.type",
-             "unsupported model type '" + type + "' (only BPE)");
+      r.fail("model.type", "unsupported model type '" + type + "' (only BPE)");
   }
   if (const json *d = r.get(model, "dropout"); d && !d->is_null()) {
     if (!d->is_number() || d->get<double>() != 0.0)
@@ -997,9 +992,9 @@ std::unique_ptr<Tokenizer::Impl> loadHf(const json &root,
   for (auto it = vocab.begin(); it != vocab.end(); ++it) {
     int32_t id = r.id(it.value(), "model.vocab[\"" + it.key() + "\"]");
     if (impl->present(id))
-      r.fail("model.vocab[\"" + it.key() + "\"]",
-             "id " + std::to_string(id) + " is also used by '" +
-                 impl->idText[id] + "'");
+      r.fail("model.vocab[\"" + it.key() + "\"]", "id " + std::to_string(id) +
+                                                      " is also used by '" +
+                                                      impl->idText[id] + "'");
     impl->vocab.emplace(it.key(), id);
     impl->setToken(id, it.key());
   }
@@ -1025,7 +1020,8 @@ std::unique_ptr<Tokenizer::Impl> loadHf(const json &root,
       if (line.rfind("#version", 0) == 0)
         continue; // skipped without taking a rank, as HF does
       size_t sp = line.find(' ');
-      if (sp == std::string::npos || line.find(' ', sp + 1) != std::string::npos)
+      if (sp == std::string::npos ||
+          line.find(' ', sp + 1) != std::string::npos)
         r.fail(f, "expected \"left right\"");
       a = line.substr(0, sp);
       b = line.substr(sp + 1);
@@ -1048,8 +1044,8 @@ std::unique_ptr<Tokenizer::Impl> loadHf(const json &root,
     impl->merges[pairKey(ia->second, ib->second)] = {rank++, im->second};
   }
   for (int b = 0; b < 256; ++b) {
-    auto it = impl->vocab.find(
-        unicode::byteToUnicodeUtf8(static_cast<uint8_t>(b)));
+    auto it =
+        impl->vocab.find(unicode::byteToUnicodeUtf8(static_cast<uint8_t>(b)));
     impl->byteIds[b] = it == impl->vocab.end() ? -1 : it->second;
   }
 
@@ -1069,8 +1065,8 @@ std::unique_ptr<Tokenizer::Impl> loadHf(const json &root,
       const json &t = r.object((*added)[i], f);
       Tokenizer::Impl::AddedToken tok;
       r.id(r.require(t, "id", f + ".id"), f + ".id");
-      tok.content = r.string(r.require(t, "content", f + ".content"),
-                             f + ".content");
+      tok.content =
+          r.string(r.require(t, "content", f + ".content"), f + ".content");
       tok.special = r.boolean(t, "special", f + ".special", false);
       tok.singleWord = r.boolean(t, "single_word", f + ".single_word", false);
       tok.lstrip = r.boolean(t, "lstrip", f + ".lstrip", false);
@@ -1132,7 +1128,8 @@ std::unique_ptr<Tokenizer::Impl> loadHf(const json &root,
            "must end with exactly one ByteLevel (only byte-level BPE is "
            "supported)");
 
-  if (const json *post = r.get(root, "post_processor"); post && !post->is_null())
+  if (const json *post = r.get(root, "post_processor");
+      post && !post->is_null())
     parsePostProcessor(r, *post, "post_processor", impl->prefixIds,
                        impl->suffixIds);
   for (int32_t id : impl->prefixIds)
@@ -1175,20 +1172,63 @@ bool ggufBool(const GgufFile &g, const std::string &key, bool def) {
 // Token texts llama.cpp treats as control tokens whatever their type says
 // (its EOT / EOM / FIM / EOG auto-detection).
 bool forcedControl(const std::string &t) {
-  static const std::unordered_set<std::string> names = {
-      "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>",
-      "<|endoftext|>", "<|end_of_text|>", "<EOT>", "_<EOT>", "[EOT]",
-      "<｜end▁of▁sentence｜>", "<end_of_utterance>", "<|eom_id|>",
-      "<|return|>", "<|call|>", "<|flush|>", "<|calls|>", "</s>", "[EOS]",
-      "<eos>", "<turn|>", "<|tool_response>", "[e~[", "<|fim_prefix|>",
-      "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>",
-      "<|code_prefix|>", "<|prefix|>", "<|fim_suffix|>", "<fim-suffix>",
-      "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>", "<|code_suffix|>",
-      "<|suffix|>", "<|fim_middle|>", "<fim-middle>", "<fim_middle>",
-      "<｜fim▁end｜>", "<MID>", "▁<MID>", "<|code_middle|>", "<|middle|>",
-      "<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]",
-      "<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>",
-      "<|file_sep|>"};
+  static const std::unordered_set<std::string> names = {"<|eot_id|>",
+                                                        "<|im_end|>",
+                                                        "<|end|>",
+                                                        "<end_of_turn>",
+                                                        "<|endoftext|>",
+                                                        "<|end_of_text|>",
+                                                        "<EOT>",
+                                                        "_<EOT>",
+                                                        "[EOT]",
+                                                        "<｜end▁of▁sentence｜>",
+                                                        "<end_of_utterance>",
+                                                        "<|eom_id|>",
+                                                        "<|return|>",
+                                                        "<|call|>",
+                                                        "<|flush|>",
+                                                        "<|calls|>",
+                                                        "</s>",
+                                                        "[EOS]",
+                                                        "<eos>",
+                                                        "<turn|>",
+                                                        "<|tool_response>",
+                                                        "[e~[",
+                                                        "<|fim_prefix|>",
+                                                        "<fim-prefix>",
+                                                        "<fim_prefix>",
+                                                        "<｜fim▁begin｜>",
+                                                        "<PRE>",
+                                                        "▁<PRE>",
+                                                        "<|code_prefix|>",
+                                                        "<|prefix|>",
+                                                        "<|fim_suffix|>",
+                                                        "<fim-suffix>",
+                                                        "<fim_suffix>",
+                                                        "<｜fim▁hole｜>",
+                                                        "<SUF>",
+                                                        "▁<SUF>",
+                                                        "<|code_suffix|>",
+                                                        "<|suffix|>",
+                                                        "<|fim_middle|>",
+                                                        "<fim-middle>",
+                                                        "<fim_middle>",
+                                                        "<｜fim▁end｜>",
+                                                        "<MID>",
+                                                        "▁<MID>",
+                                                        "<|code_middle|>",
+                                                        "<|middle|>",
+                                                        "<|fim_pad|>",
+                                                        "<fim-pad>",
+                                                        "<fim_pad>",
+                                                        "<PAD>",
+                                                        "[PAD]",
+                                                        "<|fim_repo|>",
+                                                        "<|repo_name|>",
+                                                        "<fim-repo>",
+                                                        "<REPO>",
+                                                        "<reponame>",
+                                                        "<|file_sep|>"};
   return names.count(t) > 0;
 }
 
@@ -1205,8 +1245,8 @@ std::unique_ptr<Tokenizer::Impl> loadGguf(const GgufFile &g) {
     throw FormatError(g.path(), "tokenizer.ggml.model",
                       "unsupported tokenizer model '" + model +
                           "' (only gpt2 and llama)");
-  impl->kind = spm ? Tokenizer::Impl::Kind::GgufSpm
-                   : Tokenizer::Impl::Kind::GgufBpe;
+  impl->kind =
+      spm ? Tokenizer::Impl::Kind::GgufSpm : Tokenizer::Impl::Kind::GgufBpe;
 
   std::vector<std::string> tokens = g.getStringArray("tokenizer.ggml.tokens");
   const size_t n = tokens.size();
@@ -1244,13 +1284,27 @@ std::unique_ptr<Tokenizer::Impl> loadGguf(const GgufFile &g) {
     uint32_t attr = kAttrNormal;
     if (!types.empty()) {
       switch (types[i]) {
-      case 1: attr = kAttrNormal; break;
-      case 2: attr = kAttrUnknown; break;
-      case 3: attr = kAttrControl; break;
-      case 4: attr = kAttrUserDefined; break;
-      case 5: attr = kAttrUnused; break;
-      case 6: attr = kAttrByte; break;
-      default: attr = 0; break;
+      case 1:
+        attr = kAttrNormal;
+        break;
+      case 2:
+        attr = kAttrUnknown;
+        break;
+      case 3:
+        attr = kAttrControl;
+        break;
+      case 4:
+        attr = kAttrUserDefined;
+        break;
+      case 5:
+        attr = kAttrUnused;
+        break;
+      case 6:
+        attr = kAttrByte;
+        break;
+      default:
+        attr = 0;
+        break;
       }
     }
     if (forcedControl(t))
@@ -1288,8 +1342,7 @@ std::unique_ptr<Tokenizer::Impl> loadGguf(const GgufFile &g) {
     impl->steps.push_back({true, PreTokenizer::Gpt2, false, false});
     impl->splitOptions.foldLongS = false; // llama.cpp uses '[sS]
 
-    std::vector<std::string> merges =
-        g.getStringArray("tokenizer.ggml.merges");
+    std::vector<std::string> merges = g.getStringArray("tokenizer.ggml.merges");
     impl->merges.reserve(merges.size());
     for (size_t i = 0; i < merges.size(); ++i) {
       const std::string &m = merges[i];
@@ -1300,17 +1353,16 @@ std::unique_ptr<Tokenizer::Impl> loadGguf(const GgufFile &g) {
            im = impl->vocab.find(a + b);
       if (sp == std::string::npos || ia == impl->vocab.end() ||
           ib == impl->vocab.end() || im == impl->vocab.end())
-        throw FormatError(g.path(),
-                          "tokenizer.ggml.merges[" + std::to_string(i) + "]",
-                          "'" + m +
-                              "' is not a merge of two tokens into a token");
+        throw FormatError(
+            g.path(), "tokenizer.ggml.merges[" + std::to_string(i) + "]",
+            "'" + m + "' is not a merge of two tokens into a token");
       // First occurrence wins (llama.cpp emplaces).
       impl->merges.emplace(pairKey(ia->second, ib->second),
                            MergeInfo{static_cast<int32_t>(i), im->second});
     }
     for (int b = 0; b < 256; ++b) {
-      auto it = impl->vocab.find(
-          unicode::byteToUnicodeUtf8(static_cast<uint8_t>(b)));
+      auto it =
+          impl->vocab.find(unicode::byteToUnicodeUtf8(static_cast<uint8_t>(b)));
       impl->byteIds[b] = it == impl->vocab.end() ? -1 : it->second;
     }
   }

@@ -27,6 +27,28 @@ void addStepCommand(CLI::App &app, StepArgs &args);
 int runStep(StepArgs &args);
 void requireReferenceTarget(const std::string &target);
 
+struct TrainArgs {
+  CLI::App *command = nullptr;
+  std::string model, target = "reference", data, out, metrics;
+  int64_t seqLen = 64, batch = 4, steps = 0, epochs = 1, warmup = 0;
+  double lr = 2e-3;
+  std::string schedule = "constant";
+  LoRAOptions lora{/*rank=*/8, /*alpha=*/16.0, /*dropout=*/0.0, {}};
+  std::string targets = "all";
+  OptimizerOptions optimizer;
+  uint64_t seed = 0;
+};
+void addTrainCommand(CLI::App &app, TrainArgs &args);
+int runTrain(TrainArgs &args);
+
+class Tokenizer;
+/// The tokenizer of a model: tokenizer.json beside a HF checkpoint, or the
+/// vocabulary inside a GGUF file.
+std::unique_ptr<Tokenizer> openTokenizer(const std::string &modelPath);
+/// Hugging Face's schedules with linear warmup (step counts from 0).
+double scheduledLearningRate(const std::string &schedule, double peak,
+                             int64_t step, int64_t warmup, int64_t total);
+
 } // namespace bitloom
 
 #endif // BITLOOM_TOOLS_BITLOOM_COMMANDS_H

@@ -221,17 +221,6 @@ int runInspect(const std::string &path, bool stats) {
 // tokenize
 //===----------------------------------------------------------------------===//
 
-std::unique_ptr<Tokenizer> openTokenizer(const std::string &modelPath) {
-  namespace fs = std::filesystem;
-  if (fs::is_directory(modelPath))
-    return Tokenizer::fromHfJson((fs::path(modelPath) / "tokenizer.json")
-                                     .string());
-  if (fs::path(modelPath).extension() == ".json")
-    return Tokenizer::fromHfJson(modelPath);
-  GgufFile gguf = GgufFile::open(modelPath);
-  return Tokenizer::fromGguf(gguf);
-}
-
 int runTokenize(const std::string &modelPath, const std::string &text,
                 const std::string &file, bool noSpecial) {
   std::unique_ptr<Tokenizer> tokenizer = openTokenizer(modelPath);
@@ -325,6 +314,8 @@ int main(int argc, char **argv) {
 
   StepArgs stepArgs;
   addStepCommand(app, stepArgs);
+  TrainArgs trainArgs;
+  addTrainCommand(app, trainArgs);
 
   CLI11_PARSE(app, argc, argv);
   try {
@@ -336,6 +327,8 @@ int main(int argc, char **argv) {
       return runInspect(inspectPath, inspectStats);
     if (*stepArgs.command)
       return runStep(stepArgs);
+    if (*trainArgs.command)
+      return runTrain(trainArgs);
     if (*tokenize) {
       if (textOpt->count() == 0 && fileOpt->count() == 0)
         throw FormatError("", "tokenize", "give --text or --file");

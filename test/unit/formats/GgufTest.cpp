@@ -358,6 +358,19 @@ TEST(FormatsGguf, BadTensorShapes) {
   EXPECT_FORMAT_ERROR(GgufFile::open(p), p, "tensor w", "row size 1");
 }
 
+TEST(FormatsGguf, TruncatedTensorInfo) {
+  TempDir dir;
+  Bytes b = header(1, 0);
+  b.str("blk.0.attn_q.weight").u32(2).i64(2560);
+  std::string p = save(dir, b);
+  EXPECT_FORMAT_ERROR(GgufFile::open(p), p, "tensor blk.0.attn_q.weight",
+                      "truncated", "a dimension needs 8 bytes");
+  b.i64(2560).u32(0);
+  p = save(dir, b);
+  EXPECT_FORMAT_ERROR(GgufFile::open(p), p, "tensor blk.0.attn_q.weight",
+                      "truncated", "the data offset");
+}
+
 TEST(FormatsGguf, TensorDataPlacement) {
   TempDir dir;
   std::string p = save(dir, oneTensorFile(0, {4}, 4));

@@ -40,7 +40,8 @@ std::vector<uint8_t> readFile(const std::string &name) {
 template <typename T> std::vector<T> readArray(const std::string &name) {
   std::vector<uint8_t> raw = readFile(name);
   std::vector<T> out(raw.size() / sizeof(T));
-  std::memcpy(out.data(), raw.data(), out.size() * sizeof(T));
+  if (!out.empty())
+    std::memcpy(out.data(), raw.data(), out.size() * sizeof(T));
   return out;
 }
 
@@ -296,7 +297,8 @@ TEST(FormatsReference, SafetensorsMatchesNumpy) {
     EXPECT_EQ(t.shape, ref["shape"].get<std::vector<int64_t>>());
     sources.push_back(readFile(ref["source"].get<std::string>()));
     ASSERT_EQ(t.byteSize, sources.back().size());
-    EXPECT_EQ(std::memcmp(t.data, sources.back().data(), t.byteSize), 0);
+    if (t.byteSize > 0)
+      EXPECT_EQ(std::memcmp(t.data, sources.back().data(), t.byteSize), 0);
     std::vector<float> got(t.numElements());
     dequantize(t.dtype, t.data, got.data(), got.size());
     expectSameBits(got, readArray<float>(ref["dequantized"].get<std::string>()),

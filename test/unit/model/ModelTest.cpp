@@ -5,13 +5,14 @@
 // check that the message names the file and the field or tensor.
 //
 //===----------------------------------------------------------------------===//
+#include "model/Model.h"
 #include "formats/DType.h"
 #include "formats/Error.h"
 #include "formats/Gguf.h"
 #include "formats/MappedFile.h"
 #include "formats/Safetensors.h"
 #include "model/MakeModel.h"
-#include "model/Model.h"
+#include "tokenizer/Tokenizer.h"
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -241,7 +242,8 @@ TEST(ModelHf, TinyBf16) {
   json tc = readJson(dir / "tiny" / "tokenizer_config.json");
   EXPECT_EQ(tc["bos_token"], "<|begin_of_text|>");
   EXPECT_EQ(tc["eos_token"], "<|eot_id|>");
-  EXPECT_CONTAINS(tc["chat_template"].get<std::string>(), "<|start_header_id|>");
+  EXPECT_CONTAINS(tc["chat_template"].get<std::string>(),
+                  "<|start_header_id|>");
 
   auto m = Model::open(path);
   EXPECT_EQ(m->format(), ModelFormat::HuggingFace);
@@ -307,8 +309,8 @@ TEST(ModelHf, PackedMatchesTernarizedMaster) {
   auto master = Model::open(makeHf(dir / "bf16", "tiny", false, 11));
   auto packed = Model::open(makeHf(dir / "packed", "tiny", true, 11));
   EXPECT_EQ(packed->config().weightQuant, WeightQuant::Offline);
-  EXPECT_EQ(readJson(dir / "packed" / "config.json")["quantization_config"]
-                ["quantization_mode"],
+  EXPECT_EQ(readJson(dir / "packed" /
+                     "config.json")["quantization_config"]["quantization_mode"],
             "offline");
   ASSERT_EQ(master->tensors().size(), packed->tensors().size());
   int projections = 0;
@@ -378,7 +380,8 @@ TEST(ModelHf, Sharded) {
   // Split into two shards with an index, as save_pretrained does.
   json weightMap = json::object();
   {
-    SafetensorsFile f = SafetensorsFile::open((dir / "m" / "model.safetensors").string());
+    SafetensorsFile f =
+        SafetensorsFile::open((dir / "m" / "model.safetensors").string());
     std::vector<SafetensorsEntry> a, b;
     for (const SafetensorsTensor &t : f.tensors()) {
       bool first = t.name.find("layers.1.") == std::string::npos &&
@@ -394,7 +397,8 @@ TEST(ModelHf, Sharded) {
   }
   fs::remove(dir / "m" / "model.safetensors");
   const fs::path index = dir / "m" / "model.safetensors.index.json";
-  writeJson(index, {{"metadata", {{"total_size", 0}}}, {"weight_map", weightMap}});
+  writeJson(index,
+            {{"metadata", {{"total_size", 0}}}, {"weight_map", weightMap}});
   auto sharded = Model::open(path);
   ASSERT_EQ(sharded->tensors().size(), whole->tensors().size());
   for (const ModelTensor &t : whole->tensors())
@@ -475,16 +479,15 @@ TEST(ModelHf, ConfigErrors) {
       }),
       cfg + ": quantization_config.quant_method: unsupported quantization "
             "method 'bitsandbytes'");
-  EXPECT_CONTAINS(
-      withConfig([](json &j) {
-        j["quantization_config"]["quantization_mode"] = "sometimes";
-      }),
-      cfg + ": quantization_config.quantization_mode");
-  EXPECT_CONTAINS(
-      withConfig([](json &j) {
-        j["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}};
-      }),
-      cfg + ": rope_scaling: unsupported RoPE scaling 'yarn'");
+  EXPECT_CONTAINS(withConfig([](json &j) {
+                    j["quantization_config"]["quantization_mode"] = "sometimes";
+                  }),
+                  cfg + ": quantization_config.quantization_mode");
+  EXPECT_CONTAINS(withConfig([](json &j) {
+                    j["rope_scaling"] = {{"rope_type", "yarn"},
+                                         {"factor", 4.0}};
+                  }),
+                  cfg + ": rope_scaling: unsupported RoPE scaling 'yarn'");
   // BitNetConfig defaults tie_word_embeddings to false: lm_head required.
   EXPECT_CONTAINS(withConfig([](json &j) { j.erase("tie_word_embeddings"); }),
                   "model.safetensors: lm_head.weight: missing tensor "
@@ -494,12 +497,11 @@ TEST(ModelHf, ConfigErrors) {
                   "model.safetensors: model.layers.0.mlp.gate_proj.weight: "
                   "shape [160, 64] but config says [192, 64]");
   // Online config over bf16 weights is fine; offline needs uint8.
-  EXPECT_CONTAINS(
-      withConfig([](json &j) {
-        j["quantization_config"]["quantization_mode"] = "offline";
-      }),
-      "model.layers.0.self_attn.q_proj.weight: dtype BF16 but "
-      "quantization_config says offline");
+  EXPECT_CONTAINS(withConfig([](json &j) {
+                    j["quantization_config"]["quantization_mode"] = "offline";
+                  }),
+                  "model.layers.0.self_attn.q_proj.weight: dtype BF16 but "
+                  "quantization_config says offline");
   writeFile(cfgPath, "{ not json");
   EXPECT_CONTAINS(errorOf([&] { Model::open(path); }), cfg + ": invalid JSON");
   fs::remove(cfgPath);
@@ -529,7 +531,8 @@ TEST(ModelHf, ConfigVariants) {
   j["head_dim"] = 8;
   writeJson(cfgPath, j);
   EXPECT_CONTAINS(errorOf([&] { parseHfConfig(cfgPath.string()); }),
-                  cfgPath.string() + ": head_dim: 8 x 4 heads != hidden_size 64");
+                  cfgPath.string() +
+                      ": head_dim: 8 x 4 heads != hidden_size 64");
 }
 
 TEST(ModelHf, TensorErrors) {
@@ -539,7 +542,8 @@ TEST(ModelHf, TensorErrors) {
   const std::string original = readFile(st);
   auto withTensors =
       [&](const std::function<void(std::vector<SafetensorsEntry> &,
-                                   std::vector<std::vector<uint8_t>> &)> &edit) {
+                                   std::vector<std::vector<uint8_t>> &)>
+              &edit) {
         writeFile(st, original);
         rewriteSafetensors(st, edit);
         return errorOf([&] { Model::open(path); });
@@ -568,7 +572,8 @@ TEST(ModelHf, TensorErrors) {
   EXPECT_CONTAINS(withTensors([&](auto &e, auto &) {
                     erase(e, "model.layers.1.mlp.down_proj.weight");
                   }),
-                  file + ": model.layers.1.mlp.down_proj.weight: missing tensor");
+                  file +
+                      ": model.layers.1.mlp.down_proj.weight: missing tensor");
   EXPECT_CONTAINS(
       withTensors([&](auto &e, auto &keep) {
         replace(e, keep, "model.layers.0.self_attn.q_proj.weight", DType::BF16,
@@ -592,8 +597,11 @@ TEST(ModelHf, TensorErrors) {
   writeFile(st, original);
   rewriteSafetensors(st, [&](auto &e, auto &keep) {
     keep.emplace_back(8, 0);
-    e.push_back({"model.layers.0.self_attn.rotary_emb.inv_freq", DType::F32,
-                 {2}, keep.back().data(), 8});
+    e.push_back({"model.layers.0.self_attn.rotary_emb.inv_freq",
+                 DType::F32,
+                 {2},
+                 keep.back().data(),
+                 8});
   });
   auto m = Model::open(path);
   bool listed = false;
@@ -609,13 +617,13 @@ TEST(ModelHf, PackedTensorErrors) {
   const fs::path st = dir / "m" / "model.safetensors";
   const std::string original = readFile(st);
   const std::string file = st.string();
-  auto edit = [&](const std::function<void(std::vector<SafetensorsEntry> &,
-                                           std::vector<std::vector<uint8_t>> &)>
-                      &f) {
-    writeFile(st, original);
-    rewriteSafetensors(st, f);
-    return errorOf([&] { Model::open(path); });
-  };
+  auto edit =
+      [&](const std::function<void(std::vector<SafetensorsEntry> &,
+                                   std::vector<std::vector<uint8_t>> &)> &f) {
+        writeFile(st, original);
+        rewriteSafetensors(st, f);
+        return errorOf([&] { Model::open(path); });
+      };
   const std::string scale = "model.layers.0.self_attn.v_proj.weight_scale";
   EXPECT_CONTAINS(edit([&](auto &e, auto &) {
                     for (size_t i = 0; i < e.size(); ++i)
@@ -630,15 +638,19 @@ TEST(ModelHf, PackedTensorErrors) {
                         x = {scale, DType::BF16, {4}, keep.back().data(), 8};
                   }),
                   file + ": " + scale + ": shape [4] but a per-tensor scale");
-  EXPECT_CONTAINS(edit([&](auto &e, auto &keep) {
-                    keep.emplace_back(32 * 64, 0);
-                    for (auto &x : e)
-                      if (x.name == "model.layers.0.self_attn.q_proj.weight")
-                        x = {x.name, DType::U8, {32, 64}, keep.back().data(),
-                             keep.back().size()};
-                  }),
-                  "model.layers.0.self_attn.q_proj.weight: shape [32, 64] but "
-                  "config says [16, 64] (packed uint8 [out/4, in] of [64, 64])");
+  EXPECT_CONTAINS(
+      edit([&](auto &e, auto &keep) {
+        keep.emplace_back(32 * 64, 0);
+        for (auto &x : e)
+          if (x.name == "model.layers.0.self_attn.q_proj.weight")
+            x = {x.name,
+                 DType::U8,
+                 {32, 64},
+                 keep.back().data(),
+                 keep.back().size()};
+      }),
+      "model.layers.0.self_attn.q_proj.weight: shape [32, 64] but "
+      "config says [16, 64] (packed uint8 [out/4, in] of [64, 64])");
 }
 
 //===----------------------------------------------------------------------===//
@@ -666,9 +678,8 @@ void checkGgufAgainstMaster(const Model &gguf, const Model &master,
       bool embedding = t.name == "model.embed_tokens.weight";
       EXPECT_EQ(t.dtype, embedding ? embType : DType::F32) << t.name;
       for (size_t k = 0; k < got.size(); ++k)
-        ASSERT_EQ(got[k], embedding && embType == DType::F16
-                              ? f16Round(want[k])
-                              : want[k])
+        ASSERT_EQ(got[k], embedding && embType == DType::F16 ? f16Round(want[k])
+                                                             : want[k])
             << t.name << " " << k;
       continue;
     }
@@ -739,12 +750,12 @@ TEST(ModelGguf, TernaryBlocks) {
   for (auto [name, dt] : {std::pair<const char *, DType>{"TQ2_0", DType::TQ2_0},
                           {"TQ1_0", DType::TQ1_0}}) {
     SCOPED_TRACE(name);
-    auto m = Model::open(makeGguf(dir / (std::string(name) + ".gguf"), name,
-                                  "tiny256"));
+    auto m = Model::open(
+        makeGguf(dir / (std::string(name) + ".gguf"), name, "tiny256"));
     checkGgufAgainstMaster(*m, *master, dt, DType::F16);
     const ModelTensor *t = m->find("model.layers.1.mlp.down_proj.weight");
-    EXPECT_EQ(t->packing, dt == DType::TQ2_0 ? TensorPacking::TQ2_0
-                                             : TensorPacking::TQ1_0);
+    EXPECT_EQ(t->packing,
+              dt == DType::TQ2_0 ? TensorPacking::TQ2_0 : TensorPacking::TQ1_0);
     std::vector<float> all = values(*m, t->name);
     std::vector<float> rows(size_t(3 * t->shape[1]));
     m->dequantizeRows(*t, 5, 8, rows.data());
@@ -761,7 +772,8 @@ TEST(ModelGguf, OutputScaleAndUntied) {
   const fs::path path = dir / "m.gguf";
   makeGguf(path, "F32");
   auto before = Model::open(path.string());
-  std::vector<float> q = values(*before, "model.layers.0.self_attn.q_proj.weight");
+  std::vector<float> q =
+      values(*before, "model.layers.0.self_attn.q_proj.weight");
   std::vector<float> embd = values(*before, "model.embed_tokens.weight");
   before.reset();
   {
@@ -856,7 +868,33 @@ TEST(Model, OpenErrors) {
   EXPECT_CONTAINS(errorOf([&] { Model::open((dir / "junk.bin").string()); }),
                   "neither a GGUF file nor a Hugging Face model directory");
   fs::create_directories(dir / "empty");
-  writeJson(dir / "empty" / "config.json", readJson(fs::path(makeHf(dir / "ok")) / "config.json"));
+  writeJson(dir / "empty" / "config.json",
+            readJson(fs::path(makeHf(dir / "ok")) / "config.json"));
   EXPECT_CONTAINS(errorOf([&] { Model::open((dir / "empty").string()); }),
                   "model.safetensors: missing");
+}
+
+TEST(MakeModel, TokenizerFilesAgree) {
+  // The HF tokenizer.json and the GGUF vocabulary of one preset are the same
+  // tokenizer; the chat template's special tokens are single tokens.
+  TempDir dir;
+  auto hf = Model::open(makeHf(dir / "hf"));
+  auto gg = Model::open(makeGguf(dir / "m.gguf", "F32"));
+  auto a = Tokenizer::fromHfJson((dir / "hf" / "tokenizer.json").string());
+  auto b = Tokenizer::fromGguf(*gg->gguf());
+  EXPECT_EQ(a->vocabSize(), 512u);
+  EXPECT_EQ(b->vocabSize(), 512u);
+  const std::string text = "The river reaches the sea.\nIt's 42 degrees!";
+  std::vector<int32_t> ids = a->encode(text, true);
+  EXPECT_EQ(ids, b->encode(text, true));
+  ASSERT_FALSE(ids.empty());
+  EXPECT_EQ(ids[0], *hf->config().bosTokenId);
+  EXPECT_EQ(a->decode(ids, true), text);
+  const std::string chat =
+      "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>";
+  std::vector<int32_t> chatIds = a->encode(chat, false);
+  EXPECT_EQ(chatIds, b->encode(chat, false));
+  EXPECT_EQ(chatIds.front(), *a->tokenToId("<|start_header_id|>"));
+  EXPECT_EQ(chatIds.back(), *hf->config().eosTokenId);
+  EXPECT_EQ(a->idToToken(int32_t(*hf->config().eosTokenId)), "<|eot_id|>");
 }

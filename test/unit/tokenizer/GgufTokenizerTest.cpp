@@ -52,9 +52,9 @@ const std::vector<std::string> kSpecials = {
     "<|end_header_id|>", "<|eot_id|>"};
 
 void compareWithHf(PreTokenizer pre, const std::string &file) {
-  BpeVocab v = trainByteLevelBpe(
-      slurp(BITLOOM_TEST_DATA_DIR "/tokenizer/corpus.txt"), 2000, pre,
-      kSpecials);
+  BpeVocab v =
+      trainByteLevelBpe(slurp(BITLOOM_TEST_DATA_DIR "/tokenizer/corpus.txt"),
+                        2000, pre, kSpecials);
   GgufWriter w;
   w.set("general.architecture", GgufValue::string("llama"));
   writeGgufTokenizerMetadata(w, v, kSpecials[0], kSpecials[4]);

@@ -84,7 +84,7 @@ static int encode(int argc, char **argv) {
 int main(int argc, char **argv) {
   try {
     std::string cmd = argc > 1 ? argv[1] : "";
-    int rc = cmd == "train" ? train(argc, argv)
+    int rc = cmd == "train"    ? train(argc, argv)
              : cmd == "encode" ? encode(argc, argv)
                                : 2;
     if (rc == 2)

@@ -8,9 +8,9 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "tokenizer/Tokenizer.h"
 #include "formats/Error.h"
 #include "tokenizer/PreTokenize.h"
-#include "tokenizer/Tokenizer.h"
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -66,8 +66,8 @@ std::string describe(const std::vector<int32_t> &ids) {
 // Ids, ids with the post-processor's tokens, and decoding, case by case.
 void checkFixture(const std::string &name, bool roundTrip) {
   auto tok = Tokenizer::fromHfJson(kDataDir + "/" + name);
-  std::vector<Case> cases = loadExpected(kDataDir + "/" + name +
-                                         "/expected.jsonl");
+  std::vector<Case> cases =
+      loadExpected(kDataDir + "/" + name + "/expected.jsonl");
   ASSERT_GT(cases.size(), 5u);
   for (const Case &c : cases) {
     SCOPED_TRACE(name + ": " + json(c.text).dump());
@@ -76,8 +76,9 @@ void checkFixture(const std::string &name, bool roundTrip) {
                           << describe(c.ids);
     EXPECT_EQ(tok->encode(c.text, true), c.idsWithSpecial);
     EXPECT_EQ(tok->decode(c.ids), c.decoded);
-    if (roundTrip)
+    if (roundTrip) {
       EXPECT_EQ(tok->decode(tok->encode(c.text)), c.text);
+    }
   }
 }
 
@@ -157,9 +158,7 @@ TEST(TokenizerFixtures, Gpt2StyleTrained) { checkFixture("gpt2-style", true); }
 TEST(TokenizerFixtures, Llama3StyleTrained) {
   checkFixture("llama3-style", true);
 }
-TEST(TokenizerFixtures, Gpt2RealVocabulary) {
-  checkFixture("gpt2-real", true);
-}
+TEST(TokenizerFixtures, Gpt2RealVocabulary) { checkFixture("gpt2-real", true); }
 // lstrip/rstrip tokens swallow spaces, so no round trip there.
 TEST(TokenizerFixtures, AddedTokenFlags) {
   checkFixture("llama3-added", false);
@@ -230,9 +229,14 @@ TEST(PreTokenize, OnigurumaSemantics) {
   llamaCpp.foldLongS = false;
   EXPECT_EQ(splitPieces(PreTokenizer::Llama3, "x'\xC5\xBF", llamaCpp),
             (Pieces{"x", "'\xC5\xBF"})); // ' + letter via [^\r\n\pL\pN]?\pL+
-  EXPECT_EQ(splitPieces(PreTokenizer::Llama3, "x'\xC5\xBFa", llamaCpp),
-            (Pieces{"x", "'\xC5\xBF" "a"}));
-  EXPECT_EQ(splitPieces(PreTokenizer::Llama3, "x'\xC5\xBF" "a"),
+  EXPECT_EQ(splitPieces(PreTokenizer::Llama3,
+                        "x'\xC5\xBF"
+                        "a",
+                        llamaCpp),
+            (Pieces{"x", "'\xC5\xBF"
+                         "a"}));
+  EXPECT_EQ(splitPieces(PreTokenizer::Llama3, "x'\xC5\xBF"
+                                              "a"),
             (Pieces{"x", "'\xC5\xBF", "a"}));
   // Invalid UTF-8 bytes count as "other" characters and are kept.
   EXPECT_EQ(splitPieces(PreTokenizer::Gpt2, "a\xFF\xFE b"),
@@ -252,10 +256,10 @@ TEST(Tokenizer, AddedTokenIdsFollowHfAssignment) {
   // HF re-adds added tokens on load: ids in the file are not used; a new
   // token takes the next id after the model vocabulary.
   json j = byteLevelJson();
-  j["added_tokens"] = json::array(
-      {{{"id", 9000}, {"content", "<a>"}, {"special", true}},
-       {{"id", 9001}, {"content", "<b>"}, {"special", false}},
-       {{"id", 7}, {"content", "!"}, {"special", true}}});
+  j["added_tokens"] =
+      json::array({{{"id", 9000}, {"content", "<a>"}, {"special", true}},
+                   {{"id", 9001}, {"content", "<b>"}, {"special", false}},
+                   {{"id", 7}, {"content", "!"}, {"special", true}}});
   auto tok = Tokenizer::fromHfJsonString(j.dump());
   EXPECT_EQ(tok->tokenToId("<a>"), 256);
   EXPECT_EQ(tok->tokenToId("<b>"), 257);
@@ -312,8 +316,7 @@ TEST(Tokenizer, MergesAndIgnoreMerges) {
   vocab["ab"] = 256;
   vocab["abc"] = 257;
   vocab["bc"] = 258;
-  j["model"]["merges"] = json::array({"b c", json::array({"a", "b"}),
-                                      "ab c"});
+  j["model"]["merges"] = json::array({"b c", json::array({"a", "b"}), "ab c"});
   auto tok = Tokenizer::fromHfJsonString(j.dump());
   // "b c" has the lowest rank: a + bc, and (a, bc) is no merge.
   EXPECT_EQ(tok->encode("abc"), (std::vector<int32_t>{64, 258}));
@@ -374,6 +377,8 @@ TEST(TokenizerErrors, NameTheField) {
 
   j = byteLevelJson();
   j["model"]["merges"] = json::array({"a b", "x zzz"});
+  expectError(j, "model.merges[0]: merged token 'ab' is not in model.vocab");
+  j["model"]["vocab"]["ab"] = 256;
   expectError(j, "model.merges[1]: token 'zzz' is not in model.vocab");
 
   j = byteLevelJson();
@@ -423,15 +428,14 @@ TEST(TokenizerErrors, NameTheField) {
   j["version"] = "2.0";
   expectError(j, "version: unknown tokenizer version");
 
-  EXPECT_NE(std::string(
-                [] {
-                  try {
-                    Tokenizer::fromHfJsonString("{not json", "tok.json");
-                  } catch (const FormatError &e) {
-                    return std::string(e.what());
-                  }
-                  return std::string();
-                }())
+  EXPECT_NE(std::string([] {
+              try {
+                Tokenizer::fromHfJsonString("{not json", "tok.json");
+              } catch (const FormatError &e) {
+                return std::string(e.what());
+              }
+              return std::string();
+            }())
                 .find("tok.json: invalid JSON"),
             std::string::npos);
   EXPECT_THROW(Tokenizer::fromHfJson(kDataDir + "/no-such-dir/tokenizer.json"),
@@ -447,9 +451,9 @@ TEST(TokenizerPerformance, OneMegabyte) {
     auto tok = Tokenizer::fromHfJson(kDataDir + "/" + name);
     auto t0 = std::chrono::steady_clock::now();
     std::vector<int32_t> ids = tok->encode(text);
-    double s = std::chrono::duration<double>(
-                   std::chrono::steady_clock::now() - t0)
-                   .count();
+    double s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+            .count();
     std::printf("%s: %zu bytes -> %zu tokens in %.3f s\n", name, text.size(),
                 ids.size(), s);
     EXPECT_EQ(tok->decode(ids), text);
