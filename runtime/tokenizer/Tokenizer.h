@@ -32,8 +32,9 @@ class Tokenizer {
 public:
   /// tokenizer.json (Hugging Face tokenizers); `path` may also be the
   /// directory holding it. A tokenizer_config.json next to it, when present,
-  /// supplies bos_token / eos_token. Throws FormatError naming the file and
-  /// field for anything it cannot represent exactly.
+  /// supplies bos_token / eos_token. truncation / padding are ignored (the
+  /// caller handles lengths). Throws FormatError naming the file and field
+  /// for anything it cannot represent exactly.
   static std::unique_ptr<Tokenizer> fromHfJson(const std::string &path);
   /// The same from tokenizer.json text; `sourceName` is used in errors.
   static std::unique_ptr<Tokenizer>
