@@ -55,7 +55,8 @@ public:
       module.emitError("unknown optimizer '") << optimizer << "' (adamw, sgd)";
       return signalPassFailure();
     }
-    for (StringRef name : {"train_step", "eval_step"})
+    for (StringRef name :
+         {"train_step", "eval_step", "accumulate_step", "apply_step"})
       if (auto existing = module.lookupSymbol<func::FuncOp>(name))
         existing.erase();
 
@@ -70,6 +71,7 @@ public:
     buildEvalStep(module, forward, params);
     if (failed(buildTrainStep(module, forward, params)))
       return signalPassFailure();
+    buildAccumulation(module, forward, params);
   }
 
 private:
@@ -195,22 +197,14 @@ private:
     finish(body.func, {body.loss, count}, {"loss", "token_count"});
   }
 
-  LogicalResult buildTrainStep(ModuleOp module, func::FuncOp forward,
-                               const std::vector<Parameter> &params) {
-    MLIRContext *ctx = module.getContext();
-    auto scalar = RankedTensorType::get({}, Float32Type::get(ctx));
-    SmallVector<std::pair<std::string, Type>> state;
-    SmallVector<std::string> stateKinds =
-        optimizer == "adamw" ? SmallVector<std::string>{"exp_avg", "exp_avg_sq"}
-                             : SmallVector<std::string>{"momentum_buffer"};
-    for (const std::string &kind : stateKinds)
-      for (const Parameter &p : params)
-        state.push_back({kind + "." + p.name, p.type});
-    ClonedBody body = cloneForward(module, forward, "train_step", params, state,
-                                   {{"lr", scalar}, {"step", scalar}});
+  /// Reverse mode over the cloned forward: the gradient of the loss with
+  /// respect to each trainable parameter argument.
+  SmallVector<Value> buildBackward(ClonedBody &body,
+                                   const std::vector<Parameter> &params) {
     Block &entry = body.func.getBody().front();
     OpBuilder b = OpBuilder::atBlockEnd(&entry);
     Location loc = body.func.getLoc();
+    auto scalar = RankedTensorType::get({}, b.getF32Type());
 
     // Which values depend on a trainable parameter.
     llvm::DenseSet<Value> requiresGrad(body.paramArgs.begin(),
@@ -232,7 +226,8 @@ private:
       else
         it->second = AddOp::create(b, loc, it->second, g);
     };
-    grads[body.loss] = ConstantOp::create(b, loc, scalar, b.getF64FloatAttr(1.0));
+    grads[body.loss] =
+        ConstantOp::create(b, loc, scalar, b.getF64FloatAttr(1.0));
 
     for (Operation *op : llvm::reverse(forwardOps)) {
       auto differentiable = dyn_cast<DifferentiableOpInterface>(op);
@@ -263,59 +258,180 @@ private:
         g = ConstantOp::create(b, loc, p.type, b.getF64FloatAttr(0.0));
       paramGrads.push_back(g);
     }
-    SmallVector<Value> rawGrads = paramGrads;
-    Value gradNorm = GlobalNormOp::create(b, loc, scalar, paramGrads);
-    if (maxGradNorm > 0.0)
-      for (Value &g : paramGrads)
-        g = ClipByNormOp::create(b, loc, g.getType(), g, gradNorm,
-                                 b.getF64FloatAttr(maxGradNorm));
+    return paramGrads;
+  }
 
-    unsigned n = params.size();
-    Value lr = entry.getArgument(entry.getNumArguments() - 2);
-    Value step = entry.getArgument(entry.getNumArguments() - 1);
-    SmallVector<Value> newParams, newState(state.size());
+  /// Optimizer state arguments: one (SGD) or two (AdamW) per parameter,
+  /// named "<kind>.<parameter>".
+  SmallVector<std::pair<std::string, Type>>
+  optimizerState(const std::vector<Parameter> &params) {
+    SmallVector<std::pair<std::string, Type>> state;
+    SmallVector<std::string> kinds =
+        optimizer == "adamw" ? SmallVector<std::string>{"exp_avg", "exp_avg_sq"}
+                             : SmallVector<std::string>{"momentum_buffer"};
+    for (const std::string &kind : kinds)
+      for (const Parameter &p : params)
+        state.push_back({kind + "." + p.name, p.type});
+    return state;
+  }
+
+  struct Update {
+    Value gradNorm;
+    SmallVector<Value> newParams, newState;
+  };
+
+  /// Global norm, optional clipping, and the optimizer update of every
+  /// parameter; `state` holds the state arguments in optimizerState order.
+  Update buildUpdate(OpBuilder &b, Location loc, ValueRange paramValues,
+                     SmallVector<Value> grads, ValueRange state, Value lr,
+                     Value step) {
+    auto scalar = RankedTensorType::get({}, b.getF32Type());
+    Update u;
+    u.gradNorm = GlobalNormOp::create(b, loc, scalar, grads);
+    if (maxGradNorm > 0.0)
+      for (Value &g : grads)
+        g = ClipByNormOp::create(b, loc, g.getType(), g, u.gradNorm,
+                                 b.getF64FloatAttr(maxGradNorm));
+    unsigned n = paramValues.size();
+    u.newState.resize(state.size());
     for (unsigned i = 0; i < n; ++i) {
-      Value p = body.paramArgs[i];
+      Value p = paramValues[i];
       if (optimizer == "adamw") {
         auto update = AdamWOp::create(
-            b, loc, p.getType(), p.getType(), p.getType(), p, paramGrads[i],
-            entry.getArgument(n + i), entry.getArgument(2 * n + i), lr, step,
-            b.getF64FloatAttr(beta1), b.getF64FloatAttr(beta2),
-            b.getF64FloatAttr(epsilon), b.getF64FloatAttr(weightDecay));
-        newParams.push_back(update.getNewParam());
-        newState[i] = update.getNewExpAvg();
-        newState[n + i] = update.getNewExpAvgSq();
-      } else {
-        auto update = SGDOp::create(
-            b, loc, p.getType(), p.getType(), p, paramGrads[i],
-            entry.getArgument(n + i), lr, step, b.getF64FloatAttr(momentum),
+            b, loc, p.getType(), p.getType(), p.getType(), p, grads[i],
+            state[i], state[n + i], lr, step, b.getF64FloatAttr(beta1),
+            b.getF64FloatAttr(beta2), b.getF64FloatAttr(epsilon),
             b.getF64FloatAttr(weightDecay));
-        newParams.push_back(update.getNewParam());
-        newState[i] = update.getNewMomentumBuffer();
+        u.newParams.push_back(update.getNewParam());
+        u.newState[i] = update.getNewExpAvg();
+        u.newState[n + i] = update.getNewExpAvgSq();
+      } else {
+        auto update = SGDOp::create(b, loc, p.getType(), p.getType(), p,
+                                    grads[i], state[i], lr, step,
+                                    b.getF64FloatAttr(momentum),
+                                    b.getF64FloatAttr(weightDecay));
+        u.newParams.push_back(update.getNewParam());
+        u.newState[i] = update.getNewMomentumBuffer();
       }
     }
+    return u;
+  }
+
+  /// @train_step: one micro-batch, backward and update in one function.
+  LogicalResult buildTrainStep(ModuleOp module, func::FuncOp forward,
+                               const std::vector<Parameter> &params) {
+    auto scalar = RankedTensorType::get({}, Float32Type::get(module.getContext()));
+    auto state = optimizerState(params);
+    ClonedBody body = cloneForward(module, forward, "train_step", params, state,
+                                   {{"lr", scalar}, {"step", scalar}});
+    SmallVector<Value> grads = buildBackward(body, params);
+    Block &entry = body.func.getBody().front();
+    OpBuilder b = OpBuilder::atBlockEnd(&entry);
+    unsigned n = params.size();
+    Update u = buildUpdate(
+        b, body.func.getLoc(), body.paramArgs, grads,
+        entry.getArguments().slice(n, state.size()),
+        entry.getArgument(entry.getNumArguments() - 2),
+        entry.getArgument(entry.getNumArguments() - 1));
 
     SmallVector<Value> results = {body.loss};
     SmallVector<std::string> names = {"loss"};
     for (unsigned i = 0; i < n; ++i) {
-      results.push_back(newParams[i]);
+      results.push_back(u.newParams[i]);
       names.push_back(params[i].name);
     }
     for (unsigned i = 0; i < state.size(); ++i) {
-      results.push_back(newState[i]);
+      results.push_back(u.newState[i]);
       names.push_back(state[i].first);
     }
-    results.push_back(gradNorm);
+    results.push_back(u.gradNorm);
     names.push_back("grad_norm");
     // Gradients are results too, under "<name>.grad": the debugging door
     // (`bitloom step`) and parity tests read them; dead-result elimination in
     // later phases drops them from compiled artifacts.
     for (unsigned i = 0; i < n; ++i) {
-      results.push_back(rawGrads[i]);
+      results.push_back(grads[i]);
       names.push_back(params[i].name + ".grad");
     }
     finish(body.func, results, names);
     return success();
+  }
+
+  /// Gradient accumulation over micro-batches, as two functions the host
+  /// alternates: @accumulate_step adds `grad_scale` × this micro-batch's
+  /// gradients into "grad.<name>" accumulators (the host passes 1/K), and
+  /// @apply_step clips and updates once from the accumulated gradients.
+  void buildAccumulation(ModuleOp module, func::FuncOp forward,
+                         const std::vector<Parameter> &params) {
+    auto scalar =
+        RankedTensorType::get({}, Float32Type::get(module.getContext()));
+    SmallVector<std::pair<std::string, Type>> accumulators;
+    for (const Parameter &p : params)
+      accumulators.push_back({"grad." + p.name, p.type});
+    ClonedBody body =
+        cloneForward(module, forward, "accumulate_step", params, accumulators,
+                     {{"grad_scale", scalar}});
+    SmallVector<Value> grads = buildBackward(body, params);
+    Block &entry = body.func.getBody().front();
+    OpBuilder b = OpBuilder::atBlockEnd(&entry);
+    unsigned n = params.size();
+    Value scale = entry.getArgument(entry.getNumArguments() - 1);
+    SmallVector<Value> results = {body.loss};
+    SmallVector<std::string> names = {"loss"};
+    for (unsigned i = 0; i < n; ++i) {
+      results.push_back(AccumulateOp::create(b, body.func.getLoc(),
+                                             params[i].type,
+                                             entry.getArgument(n + i), grads[i],
+                                             scale));
+      names.push_back(accumulators[i].first);
+    }
+    results.push_back(TokenCountOp::create(b, body.func.getLoc(), scalar,
+                                           body.lossMask));
+    names.push_back("token_count");
+    finish(body.func, results, names);
+
+    // @apply_step(params, state, grad.<name>, lr, step).
+    auto state = optimizerState(params);
+    SmallVector<Type> inputs;
+    SmallVector<std::string> argNames;
+    for (const Parameter &p : params) {
+      inputs.push_back(p.type);
+      argNames.push_back(p.name);
+    }
+    for (auto &[name, type] : state) {
+      inputs.push_back(type);
+      argNames.push_back(name);
+    }
+    for (auto &[name, type] : accumulators) {
+      inputs.push_back(type);
+      argNames.push_back(name);
+    }
+    inputs.append({scalar, scalar});
+    argNames.append({"lr", "step"});
+    OpBuilder mb(module.getContext());
+    mb.setInsertionPointToEnd(module.getBody());
+    auto apply = func::FuncOp::create(mb, forward.getLoc(), "apply_step",
+                                      mb.getFunctionType(inputs, {}));
+    Block *applyEntry = apply.addEntryBlock();
+    for (unsigned i = 0; i < argNames.size(); ++i)
+      apply.setArgAttr(i, "loom.name", mb.getStringAttr(argNames[i]));
+    OpBuilder ab = OpBuilder::atBlockEnd(applyEntry);
+    ValueRange args = applyEntry->getArguments();
+    Update u = buildUpdate(
+        ab, forward.getLoc(), args.take_front(n),
+        SmallVector<Value>(args.slice(n + state.size(), n)),
+        args.slice(n, state.size()), args[args.size() - 2], args.back());
+    SmallVector<Value> applyResults(u.newParams);
+    SmallVector<std::string> applyNames;
+    for (const Parameter &p : params)
+      applyNames.push_back(p.name);
+    for (unsigned i = 0; i < state.size(); ++i) {
+      applyResults.push_back(u.newState[i]);
+      applyNames.push_back(state[i].first);
+    }
+    applyResults.push_back(u.gradNorm);
+    applyNames.push_back("grad_norm");
+    finish(apply, applyResults, applyNames);
   }
 };
 

@@ -28,6 +28,14 @@ def LoomAutodiff : Pass<"loom-autodiff", "mlir::ModuleOp"> {
       @eval_step(trainable params, tokens, positions, labels, loss_mask)
           -> (loss, token_count)
 
+    and, for gradient accumulation over K micro-batches, a pair the host
+    alternates (K × accumulate_step with grad_scale = 1/K, then apply_step):
+
+      @accumulate_step(params, grad accumulators, tokens, positions, labels,
+                       loss_mask, grad_scale) -> (loss, accumulators, count)
+      @apply_step(params, optimizer state, accumulators, lr, step)
+          -> (updated params, updated state, grad_norm)
+
     Trainable parameters become function arguments; everything else stays
     a `loom.param`. Only operands on a path from a trainable parameter to
     the loss get an adjoint: frozen ternary weights get no gradient and no

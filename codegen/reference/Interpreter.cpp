@@ -399,6 +399,14 @@ struct Interpreter::Impl {
             sum += globalNormSquared(in(v).data.data(), in(v).numElements());
           set(g, HostTensor::scalar(float(std::sqrt(sum))));
         })
+        .Case([&](AccumulateOp a) {
+          HostTensor acc = in(a.getAccumulator());
+          const HostTensor &g = in(a.getGrad());
+          float scale = in(a.getScale()).data[0];
+          for (size_t i = 0; i < acc.data.size(); ++i)
+            acc.data[i] += scale * g.data[i];
+          set(a, std::move(acc));
+        })
         .Case([&](ClipByNormOp c) {
           HostTensor g = in(c.getGrad());
           float factor = float(clipFactor(double(in(c.getNorm()).data[0]),

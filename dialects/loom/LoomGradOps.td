@@ -138,6 +138,13 @@ def Loom_GlobalNormOp : Loom_GradOp<"global_norm"> {
   let results = (outs 0DTensorOf<[F32]>:$norm);
 }
 
+def Loom_AccumulateOp : Loom_GradOp<"accumulate"> {
+  let summary = "gradient accumulation: acc + scale · grad";
+  let arguments = (ins Loom_F32Tensor:$accumulator, Loom_F32Tensor:$grad,
+      0DTensorOf<[F32]>:$scale);
+  let results = (outs Loom_F32Tensor:$result);
+}
+
 def Loom_ClipByNormOp : Loom_GradOp<"clip_by_norm"> {
   let summary = "scale a gradient as torch.nn.utils.clip_grad_norm_ does";
   let description = [{

@@ -153,7 +153,7 @@ def write_checkpoint(out_dir, vocab=97, hidden=48, ffn=80, layers=2, heads=6, kv
     def norm(n):
         return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
 
-    put("model.embed_tokens.weight", rng.normal(0.0, 0.5, (vocab, hidden)).astype(np.float32))
+    put("model.embed_tokens.weight", rng.normal(0.0, 0.2, (vocab, hidden)).astype(np.float32))
     for i in range(layers):
         p = f"model.layers.{i}."
         put(p + "input_layernorm.weight", norm(hidden))
@@ -172,7 +172,7 @@ def write_checkpoint(out_dir, vocab=97, hidden=48, ffn=80, layers=2, heads=6, kv
         put(p + "mlp.ffn_sub_norm.weight", norm(ffn))
     put("model.norm.weight", norm(hidden))
     if untied:
-        put("lm_head.weight", rng.normal(0.0, 0.3, (vocab, hidden)).astype(np.float32))
+        put("lm_head.weight", rng.normal(0.0, 0.2, (vocab, hidden)).astype(np.float32))
 
     os.makedirs(out_dir, exist_ok=True)
     for stale in os.listdir(out_dir):

@@ -17,7 +17,7 @@ struct StepArgs {
   std::string model, target = "reference", tokens, mask, adapter, out;
   LoRAOptions lora{/*rank=*/8, /*alpha=*/8.0, /*dropout=*/0.0, {}};
   std::string targets = "all";
-  int64_t steps = 1;
+  int64_t steps = 1, gradAccum = 1;
   double lr = 1e-3;
   double weightDecay = -1.0; // < 0: the optimizer's default
   OptimizerOptions optimizer;
@@ -30,7 +30,8 @@ void requireReferenceTarget(const std::string &target);
 struct TrainArgs {
   CLI::App *command = nullptr;
   std::string model, target = "reference", data, out, metrics;
-  int64_t seqLen = 64, batch = 4, steps = 0, epochs = 1, warmup = 0;
+  int64_t seqLen = 64, batch = 4, steps = 0, epochs = 1, warmup = 0,
+          gradAccum = 1;
   double lr = 2e-3;
   std::string schedule = "constant";
   LoRAOptions lora{/*rank=*/8, /*alpha=*/16.0, /*dropout=*/0.0, {}};

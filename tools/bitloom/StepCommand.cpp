@@ -40,6 +40,9 @@ void addStepCommand(CLI::App &app, StepArgs &args) {
   cmd->add_option("--steps", args.steps, "optimizer steps")
       ->capture_default_str();
   cmd->add_option("--lr", args.lr, "learning rate")->capture_default_str();
+  cmd->add_option("--grad-accum", args.gradAccum,
+                  "split the batch into K micro-batches; one update")
+      ->capture_default_str();
   cmd->add_option("--weight-decay", args.weightDecay,
                   "weight decay (default: 0.01 for adamw, 0 for sgd)");
   cmd->add_option("--optimizer", args.optimizer.optimizer, "adamw | sgd")
@@ -84,7 +87,21 @@ int runStep(StepArgs &args) {
                           "token id " + std::to_string(id) +
                               " is outside the vocabulary (" +
                               std::to_string(model->config().vocabSize) + ")");
-  Batch batch = makeBatch(ids, args.mask.empty() ? nullptr : &mask);
+  if (args.gradAccum < 1 || int64_t(ids.size()) % args.gradAccum != 0)
+    throw FormatError("", "--grad-accum",
+                      "must divide the number of sequences (" +
+                          std::to_string(ids.size()) + ")");
+  std::vector<Batch> microBatches;
+  size_t rowsPerMicro = ids.size() / size_t(args.gradAccum);
+  for (size_t r = 0; r < ids.size(); r += rowsPerMicro) {
+    std::vector<std::vector<int32_t>> microIds(ids.begin() + r,
+                                               ids.begin() + r + rowsPerMicro);
+    std::vector<std::vector<int32_t>> microMask;
+    if (!mask.empty())
+      microMask.assign(mask.begin() + r, mask.begin() + r + rowsPerMicro);
+    microBatches.push_back(
+        makeBatch(microIds, mask.empty() ? nullptr : &microMask));
+  }
 
   LoRAOptions lora = args.lora;
   std::map<std::string, HostTensor> initial;
@@ -105,7 +122,8 @@ int runStep(StepArgs &args) {
   std::vector<float> losses;
   std::map<std::string, HostTensor> firstGrads;
   for (int64_t s = 0; s < args.steps; ++s) {
-    TrainingSession::StepResult r = session.step(batch, float(args.lr));
+    TrainingSession::StepResult r =
+        session.stepAccumulated(microBatches, float(args.lr));
     losses.push_back(r.loss);
     if (s == 0)
       firstGrads = std::move(r.grads);

@@ -76,6 +76,9 @@ void addTrainCommand(CLI::App &app, TrainArgs &args) {
   cmd->add_option("--lr", args.lr, "peak learning rate")->capture_default_str();
   cmd->add_option("--lr-schedule", args.schedule, "constant | linear | cosine")
       ->capture_default_str();
+  cmd->add_option("--grad-accum", args.gradAccum,
+                  "micro-batches of --batch per optimizer step")
+      ->capture_default_str();
   cmd->add_option("--warmup", args.warmup, "warmup steps")
       ->capture_default_str();
   cmd->add_option("--lora-rank", args.lora.rank, "LoRA rank")
@@ -138,15 +141,18 @@ int runTrain(TrainArgs &args) {
   }
   if (windows.empty())
     throw FormatError(args.data, "", "too little text for one sequence");
-  int64_t stepsPerEpoch =
-      (int64_t(windows.size()) + args.batch - 1) / args.batch;
+  if (args.gradAccum < 1)
+    throw FormatError("", "--grad-accum", "must be at least 1");
+  int64_t perStep = args.batch * args.gradAccum;
+  int64_t stepsPerEpoch = (int64_t(windows.size()) + perStep - 1) / perStep;
   int64_t total = args.steps > 0 ? args.steps : args.epochs * stepsPerEpoch;
   if (total < 1)
     throw FormatError("", "--steps", "nothing to do (give --steps or --epochs)");
   std::printf("data: %zu tokens, %zu windows of %lld, %lld steps of batch "
-              "%lld\n",
+              "%lld x %lld micro-batches\n",
               ids.size(), windows.size(), (long long)args.seqLen,
-              (long long)total, (long long)args.batch);
+              (long long)total, (long long)args.batch,
+              (long long)args.gradAccum);
 
   LoRAOptions lora = args.lora;
   lora.targets = parseLoRATargets(args.targets);
@@ -164,21 +170,25 @@ int runTrain(TrainArgs &args) {
   std::vector<size_t> order(windows.size());
   size_t cursor = order.size();
   for (int64_t step = 0; step < total; ++step) {
-    std::vector<std::vector<int32_t>> batchIds, batchMask;
-    while (int64_t(batchIds.size()) < args.batch) {
-      if (cursor == order.size()) { // a new epoch, in a new seeded order
-        std::iota(order.begin(), order.end(), 0);
-        std::shuffle(order.begin(), order.end(), rng);
-        cursor = 0;
+    std::vector<Batch> microBatches;
+    for (int64_t micro = 0; micro < args.gradAccum; ++micro) {
+      std::vector<std::vector<int32_t>> batchIds, batchMask;
+      while (int64_t(batchIds.size()) < args.batch) {
+        if (cursor == order.size()) { // a new epoch, in a new seeded order
+          std::iota(order.begin(), order.end(), 0);
+          std::shuffle(order.begin(), order.end(), rng);
+          cursor = 0;
+        }
+        batchIds.push_back(windows[order[cursor]]);
+        batchMask.push_back(masks[order[cursor]]);
+        ++cursor;
       }
-      batchIds.push_back(windows[order[cursor]]);
-      batchMask.push_back(masks[order[cursor]]);
-      ++cursor;
+      microBatches.push_back(makeBatch(batchIds, &batchMask));
     }
-    Batch batch = makeBatch(batchIds, &batchMask);
     double lr =
         scheduledLearningRate(args.schedule, args.lr, step, args.warmup, total);
-    TrainingSession::StepResult r = session.step(batch, float(lr));
+    TrainingSession::StepResult r =
+        session.stepAccumulated(microBatches, float(lr));
     nlohmann::json line = {{"step", step + 1},     {"loss", r.loss},
                            {"lr", lr},             {"grad_norm", r.gradNorm},
                            {"epoch", double(step + 1) / double(stepsPerEpoch)}};

@@ -305,6 +305,51 @@ TrainingSession::StepResult TrainingSession::step(const Batch &batch,
   return result;
 }
 
+TrainingSession::StepResult
+TrainingSession::stepAccumulated(const std::vector<Batch> &microBatches,
+                                 float lr) {
+  if (microBatches.size() == 1)
+    return step(microBatches.front(), lr);
+  std::map<std::string, HostTensor> accumulators;
+  for (const std::string &name : names_)
+    accumulators["grad." + name] = HostTensor::floats(params_.at(name).shape);
+  StepResult result;
+  float scale = 1.0f / float(microBatches.size());
+  for (const Batch &batch : microBatches) {
+    std::map<std::string, HostTensor> args = params_;
+    for (auto &[name, value] : accumulators)
+      args[name] = value;
+    args["tokens"] = batch.tokens;
+    args["positions"] = batch.positions;
+    args["labels"] = batch.labels;
+    args["loss_mask"] = batch.lossMask;
+    args["grad_scale"] = HostTensor::scalar(scale);
+    std::map<std::string, HostTensor> out =
+        compiled_->interpreter->run("accumulate_step", args);
+    result.loss += out.at("loss").data[0] * scale;
+    for (auto &[name, value] : accumulators)
+      value = std::move(out.at(name));
+  }
+  std::map<std::string, HostTensor> args = params_;
+  for (auto &[name, value] : state_)
+    args[name] = value;
+  for (auto &[name, value] : accumulators)
+    args[name] = value;
+  args["lr"] = HostTensor::scalar(lr);
+  args["step"] = HostTensor::scalar(float(steps_ + 1));
+  std::map<std::string, HostTensor> out =
+      compiled_->interpreter->run("apply_step", args);
+  result.gradNorm = out.at("grad_norm").data[0];
+  for (const std::string &name : names_) {
+    params_[name] = std::move(out.at(name));
+    result.grads[name + ".grad"] = std::move(accumulators.at("grad." + name));
+  }
+  for (const std::string &name : stateNames_)
+    state_[name] = std::move(out.at(name));
+  ++steps_;
+  return result;
+}
+
 std::pair<float, float> TrainingSession::evaluate(const Batch &batch) {
   std::map<std::string, HostTensor> args = params_;
   args["tokens"] = batch.tokens;

@@ -80,6 +80,10 @@ public:
   };
   /// One optimizer step on `batch` with learning rate `lr`.
   StepResult step(const Batch &batch, float lr);
+  /// One optimizer step over several micro-batches: their gradients are
+  /// averaged (each scaled by 1 / count) before one clipped update, as
+  /// gradient accumulation does. The loss is the micro-batches' mean.
+  StepResult stepAccumulated(const std::vector<Batch> &microBatches, float lr);
   /// Mean loss and number of targets, no update.
   std::pair<float, float> evaluate(const Batch &batch);
 

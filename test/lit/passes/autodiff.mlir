@@ -61,3 +61,18 @@
 // ALL: loom.global_norm
 // ALL: loom.clip_by_norm
 // ALL: loom.sgd
+
+// Gradient accumulation: accumulate_step adds scaled gradients into
+// "grad.<name>" accumulators; apply_step updates once from them.
+// CHECK-LABEL: func.func @accumulate_step
+// CHECK-SAME: {loom.name = "grad.base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"}
+// CHECK-SAME: {loom.name = "grad_scale"}
+// CHECK-NOT: loom.adamw
+// CHECK-COUNT-4: loom.accumulate
+// CHECK: loom.token_count
+// CHECK-LABEL: func.func @apply_step
+// CHECK-SAME: {loom.name = "exp_avg.base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"}
+// CHECK-SAME: {loom.name = "grad.base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"}
+// CHECK-NOT: loom.lora
+// CHECK: loom.global_norm
+// CHECK-COUNT-4: loom.adamw
