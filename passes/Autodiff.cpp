@@ -85,7 +85,8 @@ private:
       return true;
     StringRef name = param.getName();
     return trainable == "lora+norm" && type.getRank() == 1 &&
-           (name.ends_with("norm.weight") || name.ends_with("layernorm.weight"));
+           (name.ends_with("norm.weight") ||
+            name.ends_with("layernorm.weight"));
   }
 
   std::vector<Parameter> collectTrainable(func::FuncOp forward) {
@@ -93,8 +94,8 @@ private:
     llvm::StringSet<> seen;
     forward.walk([&](ParamOp param) {
       if (isTrainable(param) && seen.insert(param.getName()).second)
-        params.push_back({param.getName().str(),
-                          cast<RankedTensorType>(param.getType())});
+        params.push_back(
+            {param.getName().str(), cast<RankedTensorType>(param.getType())});
     });
     return params;
   }
@@ -113,8 +114,8 @@ private:
 
   /// Creates `name` with `params` as leading arguments followed by `extra`,
   /// and clones @forward's body into it.
-  ClonedBody cloneForward(ModuleOp module, func::FuncOp forward,
-                          StringRef name, const std::vector<Parameter> &params,
+  ClonedBody cloneForward(ModuleOp module, func::FuncOp forward, StringRef name,
+                          const std::vector<Parameter> &params,
                           ArrayRef<std::pair<std::string, Type>> stateArgs,
                           ArrayRef<std::pair<std::string, Type>> trailingArgs) {
     OpBuilder b(module.getContext());
@@ -190,7 +191,8 @@ private:
 
   void buildEvalStep(ModuleOp module, func::FuncOp forward,
                      const std::vector<Parameter> &params) {
-    ClonedBody body = cloneForward(module, forward, "eval_step", params, {}, {});
+    ClonedBody body =
+        cloneForward(module, forward, "eval_step", params, {}, {});
     OpBuilder b = OpBuilder::atBlockEnd(&body.func.getBody().front());
     Value count = TokenCountOp::create(b, body.func.getLoc(),
                                        body.loss.getType(), body.lossMask);
@@ -306,10 +308,9 @@ private:
         u.newState[i] = update.getNewExpAvg();
         u.newState[n + i] = update.getNewExpAvgSq();
       } else {
-        auto update = SGDOp::create(b, loc, p.getType(), p.getType(), p,
-                                    grads[i], state[i], lr, step,
-                                    b.getF64FloatAttr(momentum),
-                                    b.getF64FloatAttr(weightDecay));
+        auto update = SGDOp::create(
+            b, loc, p.getType(), p.getType(), p, grads[i], state[i], lr, step,
+            b.getF64FloatAttr(momentum), b.getF64FloatAttr(weightDecay));
         u.newParams.push_back(update.getNewParam());
         u.newState[i] = update.getNewMomentumBuffer();
       }
@@ -320,7 +321,8 @@ private:
   /// @train_step: one micro-batch, backward and update in one function.
   LogicalResult buildTrainStep(ModuleOp module, func::FuncOp forward,
                                const std::vector<Parameter> &params) {
-    auto scalar = RankedTensorType::get({}, Float32Type::get(module.getContext()));
+    auto scalar =
+        RankedTensorType::get({}, Float32Type::get(module.getContext()));
     auto state = optimizerState(params);
     ClonedBody body = cloneForward(module, forward, "train_step", params, state,
                                    {{"lr", scalar}, {"step", scalar}});
@@ -328,11 +330,10 @@ private:
     Block &entry = body.func.getBody().front();
     OpBuilder b = OpBuilder::atBlockEnd(&entry);
     unsigned n = params.size();
-    Update u = buildUpdate(
-        b, body.func.getLoc(), body.paramArgs, grads,
-        entry.getArguments().slice(n, state.size()),
-        entry.getArgument(entry.getNumArguments() - 2),
-        entry.getArgument(entry.getNumArguments() - 1));
+    Update u = buildUpdate(b, body.func.getLoc(), body.paramArgs, grads,
+                           entry.getArguments().slice(n, state.size()),
+                           entry.getArgument(entry.getNumArguments() - 2),
+                           entry.getArgument(entry.getNumArguments() - 1));
 
     SmallVector<Value> results = {body.loss};
     SmallVector<std::string> names = {"loss"};
@@ -368,9 +369,8 @@ private:
     SmallVector<std::pair<std::string, Type>> accumulators;
     for (const Parameter &p : params)
       accumulators.push_back({"grad." + p.name, p.type});
-    ClonedBody body =
-        cloneForward(module, forward, "accumulate_step", params, accumulators,
-                     {{"grad_scale", scalar}});
+    ClonedBody body = cloneForward(module, forward, "accumulate_step", params,
+                                   accumulators, {{"grad_scale", scalar}});
     SmallVector<Value> grads = buildBackward(body, params);
     Block &entry = body.func.getBody().front();
     OpBuilder b = OpBuilder::atBlockEnd(&entry);
@@ -379,14 +379,13 @@ private:
     SmallVector<Value> results = {body.loss};
     SmallVector<std::string> names = {"loss"};
     for (unsigned i = 0; i < n; ++i) {
-      results.push_back(AccumulateOp::create(b, body.func.getLoc(),
-                                             params[i].type,
-                                             entry.getArgument(n + i), grads[i],
-                                             scale));
+      results.push_back(
+          AccumulateOp::create(b, body.func.getLoc(), params[i].type,
+                               entry.getArgument(n + i), grads[i], scale));
       names.push_back(accumulators[i].first);
     }
-    results.push_back(TokenCountOp::create(b, body.func.getLoc(), scalar,
-                                           body.lossMask));
+    results.push_back(
+        TokenCountOp::create(b, body.func.getLoc(), scalar, body.lossMask));
     names.push_back("token_count");
     finish(body.func, results, names);
 
@@ -417,10 +416,10 @@ private:
       apply.setArgAttr(i, "loom.name", mb.getStringAttr(argNames[i]));
     OpBuilder ab = OpBuilder::atBlockEnd(applyEntry);
     ValueRange args = applyEntry->getArguments();
-    Update u = buildUpdate(
-        ab, forward.getLoc(), args.take_front(n),
-        SmallVector<Value>(args.slice(n + state.size(), n)),
-        args.slice(n, state.size()), args[args.size() - 2], args.back());
+    Update u = buildUpdate(ab, forward.getLoc(), args.take_front(n),
+                           SmallVector<Value>(args.slice(n + state.size(), n)),
+                           args.slice(n, state.size()), args[args.size() - 2],
+                           args.back());
     SmallVector<Value> applyResults(u.newParams);
     SmallVector<std::string> applyNames;
     for (const Parameter &p : params)

@@ -36,8 +36,8 @@ struct LoomVerifyModelPass
       size_t pos = name.find(marker);
       if (pos == StringRef::npos) {
         param.emitError("LoRA parameter '")
-            << name << "' must be named as PEFT saves it (contains '"
-            << marker << "')";
+            << name << "' must be named as PEFT saves it (contains '" << marker
+            << "')";
         ok = false;
         return;
       }

@@ -161,8 +161,8 @@ struct Interpreter::Impl {
                             const std::string &key, const HostTensor &value) {
     auto type = cast<RankedTensorType>(func.getArgumentTypes()[i]);
     bool wantInt = type.getElementType().isInteger(32);
-    bool ok = wantInt == value.isInt &&
-              int64_t(value.shape.size()) == type.getRank();
+    bool ok =
+        wantInt == value.isInt && int64_t(value.shape.size()) == type.getRank();
     for (int64_t d = 0; ok && d < type.getRank(); ++d)
       ok = type.isDynamicDim(d) || type.getDimSize(d) == value.shape[d];
     if (!ok)
@@ -226,10 +226,9 @@ struct Interpreter::Impl {
                            &v = in(a.getValue());
           HostTensor y = HostTensor::floats(q.shape);
           attention(q.data.data(), k.data.data(), v.data.data(), q.shape[0],
-                    q.shape[1], k.shape[1], a.getNumHeads(),
-                    a.getNumKvHeads(), a.getHeadDim(),
-                    a.getScale().convertToDouble(), a.getCausal(),
-                    y.data.data());
+                    q.shape[1], k.shape[1], a.getNumHeads(), a.getNumKvHeads(),
+                    a.getHeadDim(), a.getScale().convertToDouble(),
+                    a.getCausal(), y.data.data());
           set(a, std::move(y));
         })
         .Case([&](Relu2Op r) {
@@ -259,9 +258,9 @@ struct Interpreter::Impl {
         })
         .Case([&](CrossEntropyOp c) {
           const HostTensor &l = in(c.getLogits());
-          float loss = crossEntropy(l.data.data(), in(c.getLabels()).ints.data(),
-                                    in(c.getLossMask()).data.data(), rows(l),
-                                    cols(l));
+          float loss =
+              crossEntropy(l.data.data(), in(c.getLabels()).ints.data(),
+                           in(c.getLossMask()).data.data(), rows(l), cols(l));
           set(c, HostTensor::scalar(loss));
         })
         // Adjoints.
@@ -269,8 +268,8 @@ struct Interpreter::Impl {
           const HostTensor &dy = in(e.getResultGrad()),
                            &ids = in(e.getTokens());
           auto type = cast<RankedTensorType>(e.getType());
-          HostTensor g = HostTensor::floats({type.getDimSize(0),
-                                             type.getDimSize(1)});
+          HostTensor g =
+              HostTensor::floats({type.getDimSize(0), type.getDimSize(1)});
           embeddingGradAccumulate(dy.data.data(), ids.ints.data(), g.shape[0],
                                   g.shape[1], ids.numElements(), g.data.data());
           set(e, std::move(g));
@@ -315,10 +314,9 @@ struct Interpreter::Impl {
                            &bm = in(l.getLoraB());
           HostTensor g = HostTensor::floats(withLast(dy.shape, a.shape[1]));
           double scaling = l.getAlpha().convertToDouble() / l.getRank();
-          loraGradInputAccumulate(dy.data.data(), a.data.data(),
-                                  bm.data.data(), rows(dy), a.shape[1],
-                                  cols(dy), l.getRank(), scaling,
-                                  g.data.data());
+          loraGradInputAccumulate(dy.data.data(), a.data.data(), bm.data.data(),
+                                  rows(dy), a.shape[1], cols(dy), l.getRank(),
+                                  scaling, g.data.data());
           set(l, std::move(g));
         })
         .Case([&](LoRAGradParamsOp l) {
@@ -419,9 +417,8 @@ struct Interpreter::Impl {
           HostTensor p = in(a.getParam()), m = in(a.getExpAvg()),
                      v = in(a.getExpAvgSq());
           adamw(p.data.data(), in(a.getGrad()).data.data(), m.data.data(),
-                v.data.data(), p.numElements(),
-                double(in(a.getLr()).data[0]), a.getBeta1().convertToDouble(),
-                a.getBeta2().convertToDouble(),
+                v.data.data(), p.numElements(), double(in(a.getLr()).data[0]),
+                a.getBeta1().convertToDouble(), a.getBeta2().convertToDouble(),
                 a.getEpsilon().convertToDouble(),
                 a.getWeightDecay().convertToDouble(),
                 int64_t(in(a.getStep()).data[0]));

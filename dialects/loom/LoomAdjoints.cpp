@@ -38,12 +38,12 @@ SmallVector<Value> RMSNormOp::buildAdjoint(OpBuilder &b,
     return grads;
   Value dy = resultGrads[0];
   if (needsGrad[0])
-    grads[0] = RMSNormGradInputOp::create(b, getLoc(), getInput().getType(), dy,
-                                          getInput(), getWeight(),
-                                          getEpsilonAttr());
+    grads[0] =
+        RMSNormGradInputOp::create(b, getLoc(), getInput().getType(), dy,
+                                   getInput(), getWeight(), getEpsilonAttr());
   if (needsGrad[1])
-    grads[1] = RMSNormGradWeightOp::create(
-        b, getLoc(), getWeight().getType(), dy, getInput(), getEpsilonAttr());
+    grads[1] = RMSNormGradWeightOp::create(b, getLoc(), getWeight().getType(),
+                                           dy, getInput(), getEpsilonAttr());
   return grads;
 }
 
@@ -55,13 +55,13 @@ SmallVector<Value> BitLinearOp::buildAdjoint(OpBuilder &b,
     return grads;
   Value dy = resultGrads[0];
   if (needsGrad[0])
-    grads[0] = BitLinearGradInputOp::create(
-        b, getLoc(), getInput().getType(), dy, getWeight(), getOutputScale(),
-        getWeightQuantAttr());
+    grads[0] = BitLinearGradInputOp::create(b, getLoc(), getInput().getType(),
+                                            dy, getWeight(), getOutputScale(),
+                                            getWeightQuantAttr());
   // Only master weights train; a ternary weight is frozen by construction.
   if (needsGrad[1] && getWeightQuant() == WeightQuant::online)
-    grads[1] = BitLinearGradWeightOp::create(
-        b, getLoc(), getWeight().getType(), dy, getInput(), getOutputScale());
+    grads[1] = BitLinearGradWeightOp::create(b, getLoc(), getWeight().getType(),
+                                             dy, getInput(), getOutputScale());
   return grads;
 }
 
@@ -80,8 +80,8 @@ SmallVector<Value> LoRAOp::buildAdjoint(OpBuilder &b,
                                        getRankAttr());
   if (needsGrad[2] || needsGrad[3]) {
     auto params = LoRAGradParamsOp::create(
-        b, getLoc(), getLoraA().getType(), getLoraB().getType(), dy,
-        getInput(), getLoraA(), getLoraB(), getAlphaAttr(), getRankAttr());
+        b, getLoc(), getLoraA().getType(), getLoraB().getType(), dy, getInput(),
+        getLoraA(), getLoraB(), getAlphaAttr(), getRankAttr());
     if (needsGrad[2])
       grads[2] = params.getLoraAGrad();
     if (needsGrad[3])
@@ -106,9 +106,8 @@ SmallVector<Value> AttentionOp::buildAdjoint(OpBuilder &b,
                                              ArrayRef<Value> resultGrads,
                                              ArrayRef<bool> needsGrad) {
   SmallVector<Value> grads((*this)->getNumOperands());
-  if (hasNoGrad(resultGrads) || llvm::none_of(needsGrad, [](bool x) {
-        return x;
-      }))
+  if (hasNoGrad(resultGrads) ||
+      llvm::none_of(needsGrad, [](bool x) { return x; }))
     return grads;
   auto grad = AttentionGradOp::create(
       b, getLoc(), getQuery().getType(), getKey().getType(),
@@ -127,8 +126,8 @@ SmallVector<Value> Relu2Op::buildAdjoint(OpBuilder &b,
   SmallVector<Value> grads((*this)->getNumOperands());
   if (hasNoGrad(resultGrads) || !needsGrad[0])
     return grads;
-  grads[0] = Relu2GradOp::create(b, getLoc(), getType(), resultGrads[0],
-                                 getInput());
+  grads[0] =
+      Relu2GradOp::create(b, getLoc(), getType(), resultGrads[0], getInput());
   return grads;
 }
 
@@ -181,7 +180,7 @@ SmallVector<Value> CrossEntropyOp::buildAdjoint(OpBuilder &b,
   if (hasNoGrad(resultGrads) || !needsGrad[0])
     return grads;
   grads[0] = CrossEntropyGradOp::create(b, getLoc(), getLogits().getType(),
-                                        getLogits(), getLabels(),
-                                        getLossMask(), resultGrads[0]);
+                                        getLogits(), getLabels(), getLossMask(),
+                                        resultGrads[0]);
   return grads;
 }

@@ -10,9 +10,12 @@
 #include "mlir/Interfaces/InferTypeOpInterface.h"
 #include "mlir/Interfaces/SideEffectInterfaces.h"
 
+// Order matters: the interfaces use the enums and the ops use both.
+// clang-format off
 #include "dialects/loom/LoomDialect.h.inc"
-#include "dialects/loom/LoomInterfaces.h.inc"
 #include "dialects/loom/LoomEnums.h.inc"
+#include "dialects/loom/LoomInterfaces.h.inc"
+// clang-format on
 
 #define GET_ATTRDEF_CLASSES
 #include "dialects/loom/LoomAttrs.h.inc"

@@ -25,14 +25,14 @@ std::string formatDim(int64_t d) {
 
 /// The ranked shape of `v`, or a diagnostic naming `what` when it is
 /// unranked or of the wrong rank.
-FailureOr<ArrayRef<int64_t>> requireRank(Operation *op, Value v,
-                                         StringRef what, int64_t rank) {
+FailureOr<ArrayRef<int64_t>> requireRank(Operation *op, Value v, StringRef what,
+                                         int64_t rank) {
   auto type = dyn_cast<RankedTensorType>(v.getType());
   if (!type)
     return op->emitOpError() << what << " must be a ranked tensor";
   if (type.getRank() != rank)
-    return op->emitOpError() << what << " must have rank " << rank
-                             << ", got " << type.getRank();
+    return op->emitOpError()
+           << what << " must have rank " << rank << ", got " << type.getRank();
   return type.getShape();
 }
 
@@ -188,10 +188,10 @@ LogicalResult RoPEOp::verify() {
   if (!ShapedType::isDynamic((*input)[2]) && (*input)[2] % headDim != 0)
     return emitOpError("input features ")
            << (*input)[2] << " are not a whole number of heads of " << headDim;
-  if (failed(requireDim(*this, "positions batch", (*positions)[0],
-                        (*input)[0], "input batch")) ||
-      failed(requireDim(*this, "positions length", (*positions)[1],
-                        (*input)[1], "input tokens")))
+  if (failed(requireDim(*this, "positions batch", (*positions)[0], (*input)[0],
+                        "input batch")) ||
+      failed(requireDim(*this, "positions length", (*positions)[1], (*input)[1],
+                        "input tokens")))
     return failure();
   if (getTheta().convertToDouble() <= 0.0)
     return emitOpError("theta must be positive");
@@ -221,10 +221,9 @@ LogicalResult AttentionOp::verify() {
       failed(requireDim(*this, "value features", (*v)[2], kvHeads * headDim,
                         "num_kv_heads * head_dim")) ||
       failed(requireDim(*this, "key batch", (*k)[0], (*q)[0], "query batch")) ||
-      failed(requireDim(*this, "value batch", (*v)[0], (*q)[0],
-                        "query batch")) ||
-      failed(requireDim(*this, "value tokens", (*v)[1], (*k)[1],
-                        "key tokens")))
+      failed(
+          requireDim(*this, "value batch", (*v)[0], (*q)[0], "query batch")) ||
+      failed(requireDim(*this, "value tokens", (*v)[1], (*k)[1], "key tokens")))
     return failure();
   if (getResult().getType() != getQuery().getType())
     return emitOpError("result type must equal the query type");

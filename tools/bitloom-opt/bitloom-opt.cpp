@@ -13,6 +13,6 @@ int main(int argc, char **argv) {
   registry.insert<bitloom::loom::LoomDialect, mlir::func::FuncDialect>();
   mlir::registerTransformsPasses(); // canonicalize, cse, ...
   bitloom::registerLoomPasses();
-  return mlir::asMainReturnCode(mlir::MlirOptMain(
-      argc, argv, "bitloom optimizer driver\n", registry));
+  return mlir::asMainReturnCode(
+      mlir::MlirOptMain(argc, argv, "bitloom optimizer driver\n", registry));
 }

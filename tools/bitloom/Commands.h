@@ -1,4 +1,5 @@
-//===- Commands.h - bitloom subcommands defined outside main.cpp -*- C++ -*-===//
+//===- Commands.h - bitloom subcommands defined outside main.cpp -*- C++
+//-*-===//
 #ifndef BITLOOM_TOOLS_BITLOOM_COMMANDS_H
 #define BITLOOM_TOOLS_BITLOOM_COMMANDS_H
 

@@ -128,9 +128,9 @@ public:
           labels = entry->getArgument(2), lossMask = entry->getArgument(3);
 
     Value embedTable = param("model.embed_tokens.weight");
-    Value x = EmbeddingOp::create(builder, at("model.embed_tokens"),
-                                  activation(cfg.hiddenSize), embedTable,
-                                  tokens);
+    Value x =
+        EmbeddingOp::create(builder, at("model.embed_tokens"),
+                            activation(cfg.hiddenSize), embedTable, tokens);
     for (int64_t layer = 0; layer < cfg.numLayers; ++layer)
       x = decoderLayer(layer, x, positions);
     x = rmsNorm("model.norm", x);
@@ -165,16 +165,14 @@ private:
       type = TernaryType::get(&ctx, t->shape, packingOf(*t));
     else
       type = RankedTensorType::get(t->shape, builder.getF32Type());
-    return ParamOp::create(builder, at(name), type,
-                           builder.getStringAttr(name),
+    return ParamOp::create(builder, at(name), type, builder.getStringAttr(name),
                            ParamKindAttr::get(&ctx, ParamKind::weight));
   }
 
   Value loraParam(const std::string &name, ParamKind kind, int64_t rows,
                   int64_t cols) {
     auto type = RankedTensorType::get({rows, cols}, builder.getF32Type());
-    return ParamOp::create(builder, at(name), type,
-                           builder.getStringAttr(name),
+    return ParamOp::create(builder, at(name), type, builder.getStringAttr(name),
                            ParamKindAttr::get(&ctx, kind));
   }
 
@@ -194,12 +192,12 @@ private:
     auto quant = cfg.weightQuant == WeightQuant::Online
                      ? loom::WeightQuant::online
                      : loom::WeightQuant::offline;
-    Value y = BitLinearOp::create(
-        builder, at(module), activation(out), x, weight, /*output_scale=*/
-        Value(), WeightQuantAttr::get(&ctx, quant));
-    bool adapted = lora.rank > 0 &&
-                   std::find(lora.targets.begin(), lora.targets.end(),
-                             shortName) != lora.targets.end();
+    Value y = BitLinearOp::create(builder, at(module), activation(out), x,
+                                  weight, /*output_scale=*/
+                                  Value(), WeightQuantAttr::get(&ctx, quant));
+    bool adapted =
+        lora.rank > 0 && std::find(lora.targets.begin(), lora.targets.end(),
+                                   shortName) != lora.targets.end();
     if (!adapted)
       return y;
     Value a = loraParam(peftLoRAName(layer, shortName, true), ParamKind::lora_a,
@@ -279,10 +277,12 @@ private:
           "loom.lora",
           builder.getDictionaryAttr(
               {builder.getNamedAttr("rank", i64(lora.rank)),
-               builder.getNamedAttr("alpha", builder.getF64FloatAttr(lora.alpha)),
+               builder.getNamedAttr("alpha",
+                                    builder.getF64FloatAttr(lora.alpha)),
                builder.getNamedAttr("dropout",
                                     builder.getF64FloatAttr(lora.dropout)),
-               builder.getNamedAttr("targets", builder.getArrayAttr(targets))}));
+               builder.getNamedAttr("targets",
+                                    builder.getArrayAttr(targets))}));
     }
   }
 

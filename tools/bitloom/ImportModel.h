@@ -14,7 +14,7 @@
 namespace bitloom {
 
 struct LoRAOptions {
-  int64_t rank = 0; // 0: no adapters
+  int64_t rank = 0;   // 0: no adapters
   double alpha = 8.0; // PEFT's LoraConfig default
   double dropout = 0.0;
   /// Short projection names (q k v o gate up down).

@@ -114,7 +114,7 @@ int runStep(StepArgs &args) {
   }
   OptimizerOptions optimizer = args.optimizer;
   // torch's defaults: AdamW decays by 0.01, SGD not at all.
-  optimizer.weightDecay = args.weightDecay >= 0.0 ? args.weightDecay
+  optimizer.weightDecay = args.weightDecay >= 0.0        ? args.weightDecay
                           : optimizer.optimizer == "sgd" ? 0.0
                                                          : 0.01;
 
@@ -132,8 +132,11 @@ int runStep(StepArgs &args) {
   }
 
   std::vector<SafetensorsEntry> entries;
-  entries.push_back({"loss", DType::F32, {int64_t(losses.size())},
-                     losses.data(), losses.size() * sizeof(float)});
+  entries.push_back({"loss",
+                     DType::F32,
+                     {int64_t(losses.size())},
+                     losses.data(),
+                     losses.size() * sizeof(float)});
   for (const auto &[name, t] : firstGrads)
     entries.push_back({name, DType::F32, t.shape, t.data.data(),
                        t.data.size() * sizeof(float)});

@@ -46,8 +46,8 @@ double scheduledLearningRate(const std::string &schedule, double peak,
     return peak * double(step) / double(std::max<int64_t>(1, warmup));
   if (schedule == "constant")
     return peak;
-  double progress = double(step - warmup) /
-                    double(std::max<int64_t>(1, total - warmup));
+  double progress =
+      double(step - warmup) / double(std::max<int64_t>(1, total - warmup));
   if (schedule == "linear")
     return peak * std::max(0.0, 1.0 - progress);
   if (schedule == "cosine")
@@ -93,8 +93,7 @@ void addTrainCommand(CLI::App &app, TrainArgs &args) {
       ->capture_default_str();
   cmd->add_option("--optimizer", args.optimizer.optimizer, "adamw | sgd")
       ->capture_default_str();
-  cmd->add_option("--weight-decay", args.optimizer.weightDecay,
-                  "weight decay")
+  cmd->add_option("--weight-decay", args.optimizer.weightDecay, "weight decay")
       ->capture_default_str();
   cmd->add_option("--max-grad-norm", args.optimizer.maxGradNorm,
                   "clip the global gradient norm (0: off)")
@@ -126,8 +125,8 @@ int runTrain(TrainArgs &args) {
   std::vector<std::vector<int32_t>> windows, masks;
   for (size_t i = 0; i < ids.size(); i += size_t(args.seqLen)) {
     std::vector<int32_t> w(ids.begin() + i,
-                           ids.begin() + std::min(ids.size(),
-                                                  i + size_t(args.seqLen)));
+                           ids.begin() +
+                               std::min(ids.size(), i + size_t(args.seqLen)));
     std::vector<int32_t> m(w.size(), 1);
     if (w.size() < 2)
       break; // a lone trailing token has nothing to predict
@@ -147,7 +146,8 @@ int runTrain(TrainArgs &args) {
   int64_t stepsPerEpoch = (int64_t(windows.size()) + perStep - 1) / perStep;
   int64_t total = args.steps > 0 ? args.steps : args.epochs * stepsPerEpoch;
   if (total < 1)
-    throw FormatError("", "--steps", "nothing to do (give --steps or --epochs)");
+    throw FormatError("", "--steps",
+                      "nothing to do (give --steps or --epochs)");
   std::printf("data: %zu tokens, %zu windows of %lld, %lld steps of batch "
               "%lld x %lld micro-batches\n",
               ids.size(), windows.size(), (long long)args.seqLen,
@@ -159,9 +159,9 @@ int runTrain(TrainArgs &args) {
   TrainingSession session(*model, lora, args.optimizer, {}, args.seed);
 
   fs::create_directories(args.out);
-  std::string metricsPath = args.metrics.empty()
-                                ? (fs::path(args.out) / "metrics.jsonl").string()
-                                : args.metrics;
+  std::string metricsPath =
+      args.metrics.empty() ? (fs::path(args.out) / "metrics.jsonl").string()
+                           : args.metrics;
   std::ofstream metrics(metricsPath);
   if (!metrics)
     throw FormatError(metricsPath, "", "cannot write");
@@ -189,8 +189,10 @@ int runTrain(TrainArgs &args) {
         scheduledLearningRate(args.schedule, args.lr, step, args.warmup, total);
     TrainingSession::StepResult r =
         session.stepAccumulated(microBatches, float(lr));
-    nlohmann::json line = {{"step", step + 1},     {"loss", r.loss},
-                           {"lr", lr},             {"grad_norm", r.gradNorm},
+    nlohmann::json line = {{"step", step + 1},
+                           {"loss", r.loss},
+                           {"lr", lr},
+                           {"grad_norm", r.gradNorm},
                            {"epoch", double(step + 1) / double(stepsPerEpoch)}};
     metrics << line.dump() << "\n";
     metrics.flush();
@@ -203,8 +205,7 @@ int runTrain(TrainArgs &args) {
   for (const auto &[name, value] : session.parameters())
     if (name.find(".lora_") != std::string::npos)
       adapter[name] = value;
-  savePeftAdapter(args.out, lora, adapter,
-                  fs::absolute(args.model).string());
+  savePeftAdapter(args.out, lora, adapter, fs::absolute(args.model).string());
   std::printf("saved PEFT adapter to %s (metrics: %s)\n", args.out.c_str(),
               metricsPath.c_str());
   return 0;

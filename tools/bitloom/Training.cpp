@@ -97,8 +97,9 @@ Adapter loadPeftAdapter(const std::string &dir) {
       (fs::path(dir) / "adapter_model.safetensors").string();
   std::ifstream in(configPath);
   if (!in)
-    throw FormatError(configPath, "", "cannot open (is --adapter a PEFT "
-                                      "adapter directory?)");
+    throw FormatError(configPath, "",
+                      "cannot open (is --adapter a PEFT "
+                      "adapter directory?)");
   nlohmann::json config;
   try {
     config = nlohmann::json::parse(in);
@@ -173,8 +174,8 @@ void savePeftAdapter(const std::string &dir, const LoRAOptions &options,
   for (const ProjectionName &p : projectionNames())
     if (std::find(options.targets.begin(), options.targets.end(),
                   p.shortName) != options.targets.end())
-      targets.push_back(std::string(p.hfModule).substr(
-          std::string(p.hfModule).find('.') + 1));
+      targets.push_back(std::string(p.hfModule)
+                            .substr(std::string(p.hfModule).find('.') + 1));
   nlohmann::ordered_json config = {
       {"base_model_name_or_path", baseModel},
       {"bias", "none"},

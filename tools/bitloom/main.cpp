@@ -150,8 +150,7 @@ int runImport(const ImportArgs &args) {
     lora.targets = parseLoRATargets(args.loraTargets);
 
   mlir::MLIRContext context;
-  mlir::OwningOpRef<mlir::ModuleOp> module =
-      importModel(context, *model, lora);
+  mlir::OwningOpRef<mlir::ModuleOp> module = importModel(context, *model, lora);
   mlir::PassManager pm(&context);
   pm.addPass(createLoomVerifyModel());
   if (mlir::failed(mlir::verify(*module)) || mlir::failed(pm.run(*module)))
@@ -209,8 +208,8 @@ int runInspect(const std::string &path, bool stats) {
           sumSq += double(v) * double(v);
         }
       }
-      std::printf("  count=%" PRIu64 " sum=%.17g sumsq=%.17g",
-                  t.numElements(), sum, sumSq);
+      std::printf("  count=%" PRIu64 " sum=%.17g sumsq=%.17g", t.numElements(),
+                  sum, sumSq);
     }
     std::printf("\n");
   }
@@ -257,8 +256,7 @@ int main(int argc, char **argv) {
   MakeModelArgs makeArgs;
   auto *make = app.add_subcommand(
       "make-model", "write a seeded random BitNet checkpoint (HF or GGUF)");
-  make->add_option("--preset", makeArgs.options.preset,
-                   "tiny | small | 2b4t")
+  make->add_option("--preset", makeArgs.options.preset, "tiny | small | 2b4t")
       ->capture_default_str();
   make->add_option("--format", makeArgs.format, "hf | gguf")
       ->capture_default_str();
@@ -273,11 +271,12 @@ int main(int argc, char **argv) {
       ->required();
 
   ImportArgs importArgs;
-  auto *imp = app.add_subcommand(
-      "import", "read a model (HF dir or GGUF) into loom IR");
+  auto *imp = app.add_subcommand("import",
+                                 "read a model (HF dir or GGUF) into loom IR");
   imp->add_option("model", importArgs.model, "model directory or .gguf file")
       ->required();
-  imp->add_option("-o,--output", importArgs.output, "output .mlir (- = stdout)");
+  imp->add_option("-o,--output", importArgs.output,
+                  "output .mlir (- = stdout)");
   imp->add_option("--lora-rank", importArgs.loraRank, "LoRA rank (0 = none)")
       ->capture_default_str();
   imp->add_option("--lora-alpha", importArgs.loraAlpha, "LoRA alpha")
