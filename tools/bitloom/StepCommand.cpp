@@ -118,7 +118,18 @@ int runStep(StepArgs &args) {
                           : optimizer.optimizer == "sgd" ? 0.0
                                                          : 0.01;
 
-  TrainingSession session(*model, lora, optimizer, initial, args.seed);
+  std::unique_ptr<TrainingSession> sessionPtr;
+  try {
+    sessionPtr = std::make_unique<TrainingSession>(*model, lora, optimizer,
+                                                   initial, args.seed);
+  } catch (const FormatError &e) {
+    if (args.adapter.empty())
+      throw;
+    // Adapter tensors that don't fit: name the file they came from.
+    throw FormatError(args.adapter + "/adapter_model.safetensors", "",
+                      e.what());
+  }
+  TrainingSession &session = *sessionPtr;
   std::vector<float> losses;
   std::map<std::string, HostTensor> firstGrads;
   for (int64_t s = 0; s < args.steps; ++s) {

@@ -244,8 +244,18 @@ TrainingSession::TrainingSession(
     names_.push_back(n);
     auto it = initial.find(n);
     if (it != initial.end()) {
-      if (it->second.shape != shape)
-        throw FormatError("", n, "initial value has the wrong shape");
+      if (it->second.shape != shape) {
+        auto format = [](const std::vector<int64_t> &dims) {
+          std::string text = "[";
+          for (size_t d = 0; d < dims.size(); ++d)
+            text += (d ? ", " : "") + std::to_string(dims[d]);
+          return text + "]";
+        };
+        throw FormatError("", n,
+                          "shape " + format(it->second.shape) +
+                              " does not fit this model (needs " +
+                              format(shape) + ")");
+      }
       params_[n] = it->second;
       continue;
     }

@@ -193,8 +193,6 @@ int runInspect(const std::string &path, bool stats) {
       int64_t rowSize = rows ? int64_t(t.numElements()) / rows : 0;
       int64_t rowsPerChunk =
           std::max<int64_t>(1, (1 << 22) / std::max<int64_t>(1, rowSize));
-      if (t.packing == TensorPacking::HfUint8)
-        rowsPerChunk = rows; // packed rows interleave the whole matrix
       double sum = 0, sumSq = 0;
       for (int64_t r = 0; r < rows; r += rowsPerChunk) {
         int64_t end = std::min(rows, r + rowsPerChunk);
