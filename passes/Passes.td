@@ -61,4 +61,27 @@ def LoomAutodiff : Pass<"loom-autodiff", "mlir::ModuleOp"> {
   ];
 }
 
+def LoomBuildGenerate : Pass<"loom-build-generate", "mlir::ModuleOp"> {
+  let summary = "Build @generate_step, a KV-cached forward for generation";
+  let description = [{
+    Clones `@forward` into
+
+      @generate_step(LoRA params, key_cache.L, value_cache.L for each layer,
+                     tokens, positions)
+          -> (logits, updated key_cache.L, value_cache.L)
+
+    where every `loom.attention` becomes a `loom.cached_attention` over
+    [batch, max-tokens, kv features] caches threaded through the call. The
+    same function runs the prompt (tokens = the prompt) and each new token
+    (tokens = [batch, 1]); the host samples from the logits. No loss is
+    computed. Arguments and results carry `loom.name`.
+  }];
+  let dependentDialects = ["::bitloom::loom::LoomDialect",
+                           "::mlir::func::FuncDialect"];
+  let options = [
+    Option<"maxTokens", "max-tokens", "int64_t", /*default=*/"256",
+           "KV cache length: prompt plus generated tokens">,
+  ];
+}
+
 #endif // BITLOOM_PASSES

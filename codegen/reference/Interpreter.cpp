@@ -231,6 +231,22 @@ struct Interpreter::Impl {
                     a.getCausal(), y.data.data());
           set(a, std::move(y));
         })
+        .Case([&](CachedAttentionOp a) {
+          const HostTensor &q = in(a.getQuery()), &k = in(a.getKey()),
+                           &v = in(a.getValue());
+          HostTensor kCache = in(a.getKeyCache()),
+                     vCache = in(a.getValueCache());
+          HostTensor y = HostTensor::floats(q.shape);
+          cachedAttention(q.data.data(), k.data.data(), v.data.data(),
+                          kCache.data.data(), vCache.data.data(),
+                          in(a.getPositions()).ints.data(), q.shape[0],
+                          q.shape[1], kCache.shape[1], a.getNumHeads(),
+                          a.getNumKvHeads(), a.getHeadDim(),
+                          a.getScale().convertToDouble(), y.data.data());
+          set(a.getResult(), std::move(y));
+          set(a.getNewKeyCache(), std::move(kCache));
+          set(a.getNewValueCache(), std::move(vCache));
+        })
         .Case([&](Relu2Op r) {
           const HostTensor &x = in(r.getInput());
           HostTensor y = HostTensor::floats(x.shape);

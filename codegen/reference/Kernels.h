@@ -464,11 +464,14 @@ template <typename T>
 int64_t attentionProbs(const T *q, const T *k, int64_t b, int64_t t, int64_t h,
                        int64_t qLen, int64_t kvLen, int64_t qHeads,
                        int64_t kvHeads, int64_t headDim, double scale,
-                       bool causal, std::vector<T> &p) {
+                       bool causal, std::vector<T> &p, int64_t qRow = -1) {
   const int64_t group = qHeads / kvHeads;
   const int64_t kvh = h / group;
   const int64_t count = causal ? t + 1 + (kvLen - qLen) : kvLen;
-  const T *qv = q + ((b * qLen + t) * qHeads + h) * headDim;
+  // qRow: the query's row when it differs from its causal index t (cached
+  // attention, where t is the absolute position).
+  const T *qv =
+      q + ((b * qLen + (qRow < 0 ? t : qRow)) * qHeads + h) * headDim;
   p.assign(static_cast<size_t>(count), T(0));
   T maxScore = -std::numeric_limits<T>::infinity();
   for (int64_t s = 0; s < count; ++s) {
@@ -516,6 +519,54 @@ void attention(const T *q, const T *k, const T *v, int64_t batch, int64_t qLen,
             acc += static_cast<detail::Acc>(p[s]) *
                    static_cast<detail::Acc>(
                        v[((b * kvLen + s) * kvHeads + kvh) * headDim + d]);
+          o[d] = static_cast<T>(acc);
+        }
+      }
+}
+
+// Attention for generation over explicit KV caches ([batch, maxLen,
+// kvHeads * headDim]): writes k/v of each token into the caches at its
+// position, then each query attends to cache entries 0 .. its position, with
+// the same arithmetic as attention() (so a cached decode equals recomputing
+// the whole prefix).
+template <typename T>
+void cachedAttention(const T *q, const T *k, const T *v, T *kCache, T *vCache,
+                     const int32_t *positions, int64_t batch, int64_t qLen,
+                     int64_t maxLen, int64_t qHeads, int64_t kvHeads,
+                     int64_t headDim, double scale, T *out) {
+  detail::checkAttention("cachedAttention", batch, qLen, maxLen, qHeads,
+                         kvHeads, headDim, false);
+  const int64_t kvWidth = kvHeads * headDim;
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t t = 0; t < qLen; ++t) {
+      const int64_t pos = positions[b * qLen + t];
+      detail::checkIndex(pos, maxLen, "cachedAttention", "position");
+      std::copy(k + (b * qLen + t) * kvWidth, k + (b * qLen + t + 1) * kvWidth,
+                kCache + (b * maxLen + pos) * kvWidth);
+      std::copy(v + (b * qLen + t) * kvWidth, v + (b * qLen + t + 1) * kvWidth,
+                vCache + (b * maxLen + pos) * kvWidth);
+    }
+  const int64_t group = qHeads / kvHeads;
+  std::vector<T> p;
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t t = 0; t < qLen; ++t)
+      for (int64_t h = 0; h < qHeads; ++h) {
+        // Queries see the cache as a causal prefix ending at their position.
+        const int64_t count = positions[b * qLen + t] + 1;
+        const T *cacheBatch = kCache + b * maxLen * kvWidth;
+        detail::attentionProbs(q + b * qLen * qHeads * headDim, cacheBatch,
+                               /*b=*/0, /*t=*/count - 1, h, /*qLen=*/count,
+                               /*kvLen=*/count, qHeads, kvHeads, headDim,
+                               scale, true, p, /*qRow=*/t);
+        const int64_t kvh = h / group;
+        T *o = out + ((b * qLen + t) * qHeads + h) * headDim;
+        for (int64_t d = 0; d < headDim; ++d) {
+          detail::Acc acc = 0;
+          for (int64_t s = 0; s < count; ++s)
+            acc += static_cast<detail::Acc>(p[s]) *
+                   static_cast<detail::Acc>(
+                       vCache[((b * maxLen + s) * kvHeads + kvh) * headDim +
+                              d]);
           o[d] = static_cast<T>(acc);
         }
       }

@@ -230,6 +230,38 @@ LogicalResult AttentionOp::verify() {
   return success();
 }
 
+LogicalResult CachedAttentionOp::verify() {
+  auto q = requireRank(*this, getQuery(), "query", 3);
+  auto k = requireRank(*this, getKey(), "key", 3);
+  auto kc = requireRank(*this, getKeyCache(), "key_cache", 3);
+  auto vc = requireRank(*this, getValueCache(), "value_cache", 3);
+  auto pos = requireRank(*this, getPositions(), "positions", 2);
+  if (failed(q) || failed(k) || failed(kc) || failed(vc) || failed(pos))
+    return failure();
+  int64_t heads = getNumHeads(), kvHeads = getNumKvHeads(),
+          headDim = getHeadDim();
+  if (heads <= 0 || kvHeads <= 0 || headDim <= 0 || heads % kvHeads != 0)
+    return emitOpError("num_heads must be a positive multiple of num_kv_heads");
+  if (failed(requireDim(*this, "query features", (*q)[2], heads * headDim,
+                        "num_heads * head_dim")) ||
+      failed(requireDim(*this, "key features", (*k)[2], kvHeads * headDim,
+                        "num_kv_heads * head_dim")) ||
+      failed(requireDim(*this, "key_cache features", (*kc)[2],
+                        kvHeads * headDim, "num_kv_heads * head_dim")) ||
+      failed(requireDim(*this, "key tokens", (*k)[1], (*q)[1],
+                        "query tokens")) ||
+      failed(requireDim(*this, "positions length", (*pos)[1], (*q)[1],
+                        "query tokens")))
+    return failure();
+  if (getKeyCache().getType() != getValueCache().getType() ||
+      getNewKeyCache().getType() != getKeyCache().getType() ||
+      getNewValueCache().getType() != getValueCache().getType())
+    return emitOpError("caches and updated caches must share one type");
+  if (getKey().getType() != getValue().getType())
+    return emitOpError("key and value must share one type");
+  return success();
+}
+
 LogicalResult MatmulOp::verify() {
   auto input = requireRank(*this, getInput(), "input", 3);
   auto weight = requireRank(*this, getWeight(), "weight", 2);

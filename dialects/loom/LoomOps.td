@@ -136,6 +136,27 @@ def Loom_AttentionOp : Loom_Op<"attention", [Pure, DeclareOpInterfaceMethods<Loo
   let hasVerifier = 1;
 }
 
+def Loom_CachedAttentionOp : Loom_Op<"cached_attention", [Pure]> {
+  let summary = "attention over a KV cache, for generation";
+  let description = [{
+    Writes this call's keys and values into the caches at their positions,
+    then lets each query attend to every cached entry at a position no later
+    than its own. `key_cache` / `value_cache` are [batch, max_tokens,
+    num_kv_heads·head_dim]; the updated caches are results, so the cache is
+    explicit state that the caller threads from one call to the next (the
+    same function serves the prompt and each new token).
+  }];
+  let arguments = (ins Loom_F32Tensor:$query, Loom_F32Tensor:$key,
+      Loom_F32Tensor:$value, Loom_F32Tensor:$key_cache,
+      Loom_F32Tensor:$value_cache, Loom_I32Tensor:$positions,
+      I64Attr:$num_heads, I64Attr:$num_kv_heads, I64Attr:$head_dim,
+      F64Attr:$scale);
+  let results = (outs Loom_F32Tensor:$result, Loom_F32Tensor:$new_key_cache,
+      Loom_F32Tensor:$new_value_cache);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
 class Loom_ElementwiseOp<string mnemonic, list<Trait> traits = []>
     : Loom_Op<mnemonic, !listconcat(traits, [Pure, SameOperandsAndResultType])> {
   let results = (outs Loom_F32Tensor:$result);

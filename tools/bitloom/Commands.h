@@ -43,6 +43,17 @@ struct TrainArgs {
 void addTrainCommand(CLI::App &app, TrainArgs &args);
 int runTrain(TrainArgs &args);
 
+struct GenerateArgs {
+  CLI::App *command = nullptr;
+  std::string model, target = "reference", adapter, prompt;
+  int64_t maxNewTokens = 32;
+  double temperature = 0.0, topP = 1.0;
+  uint64_t seed = 0;
+  bool printIds = false;
+};
+void addGenerateCommand(CLI::App &app, GenerateArgs &args);
+int runGenerate(GenerateArgs &args);
+
 class Tokenizer;
 /// The tokenizer of a model: tokenizer.json beside a HF checkpoint, or the
 /// vocabulary inside a GGUF file.

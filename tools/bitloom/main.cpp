@@ -313,6 +313,8 @@ int main(int argc, char **argv) {
   addStepCommand(app, stepArgs);
   TrainArgs trainArgs;
   addTrainCommand(app, trainArgs);
+  GenerateArgs generateArgs;
+  addGenerateCommand(app, generateArgs);
 
   CLI11_PARSE(app, argc, argv);
   try {
@@ -326,6 +328,8 @@ int main(int argc, char **argv) {
       return runStep(stepArgs);
     if (*trainArgs.command)
       return runTrain(trainArgs);
+    if (*generateArgs.command)
+      return runGenerate(generateArgs);
     if (*tokenize) {
       if (textOpt->count() == 0 && fileOpt->count() == 0)
         throw FormatError("", "tokenize", "give --text or --file");
