@@ -237,12 +237,11 @@ struct Interpreter::Impl {
           HostTensor kCache = in(a.getKeyCache()),
                      vCache = in(a.getValueCache());
           HostTensor y = HostTensor::floats(q.shape);
-          cachedAttention(q.data.data(), k.data.data(), v.data.data(),
-                          kCache.data.data(), vCache.data.data(),
-                          in(a.getPositions()).ints.data(), q.shape[0],
-                          q.shape[1], kCache.shape[1], a.getNumHeads(),
-                          a.getNumKvHeads(), a.getHeadDim(),
-                          a.getScale().convertToDouble(), y.data.data());
+          cachedAttention(
+              q.data.data(), k.data.data(), v.data.data(), kCache.data.data(),
+              vCache.data.data(), in(a.getPositions()).ints.data(), q.shape[0],
+              q.shape[1], kCache.shape[1], a.getNumHeads(), a.getNumKvHeads(),
+              a.getHeadDim(), a.getScale().convertToDouble(), y.data.data());
           set(a.getResult(), std::move(y));
           set(a.getNewKeyCache(), std::move(kCache));
           set(a.getNewValueCache(), std::move(vCache));

@@ -248,8 +248,8 @@ LogicalResult CachedAttentionOp::verify() {
                         "num_kv_heads * head_dim")) ||
       failed(requireDim(*this, "key_cache features", (*kc)[2],
                         kvHeads * headDim, "num_kv_heads * head_dim")) ||
-      failed(requireDim(*this, "key tokens", (*k)[1], (*q)[1],
-                        "query tokens")) ||
+      failed(
+          requireDim(*this, "key tokens", (*k)[1], (*q)[1], "query tokens")) ||
       failed(requireDim(*this, "positions length", (*pos)[1], (*q)[1],
                         "query tokens")))
     return failure();

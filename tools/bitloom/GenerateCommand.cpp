@@ -92,8 +92,7 @@ int runGenerate(GenerateArgs &args) {
   int64_t maxTokens = int64_t(prompt.size()) + args.maxNewTokens;
 
   mlir::MLIRContext context;
-  mlir::OwningOpRef<mlir::ModuleOp> module =
-      importModel(context, *model, lora);
+  mlir::OwningOpRef<mlir::ModuleOp> module = importModel(context, *model, lora);
   mlir::PassManager pm(&context);
   pm.addPass(createLoomVerifyModel());
   LoomBuildGenerateOptions options;
@@ -107,7 +106,8 @@ int runGenerate(GenerateArgs &args) {
   for (const std::string &name : interpreter.argumentNames("generate_step")) {
     if (name == "tokens" || name == "positions")
       continue;
-    if (name.rfind("key_cache.", 0) == 0 || name.rfind("value_cache.", 0) == 0) {
+    if (name.rfind("key_cache.", 0) == 0 ||
+        name.rfind("value_cache.", 0) == 0) {
       const ModelConfig &c = model->config();
       state[name] =
           HostTensor::floats({1, maxTokens, c.numKvHeads * c.headDim});
