@@ -54,6 +54,18 @@ struct GenerateArgs {
 void addGenerateCommand(CLI::App &app, GenerateArgs &args);
 int runGenerate(GenerateArgs &args);
 
+struct CompileArgs {
+  CLI::App *command = nullptr;
+  std::string model, target = "reference", output, dumpPhases;
+  std::string compileTo = "generate";
+  LoRAOptions lora{/*rank=*/8, /*alpha=*/8.0, /*dropout=*/0.0, {}};
+  std::string targets = "all";
+  OptimizerOptions optimizer;
+  int64_t maxTokens = 256;
+};
+void addCompileCommand(CLI::App &app, CompileArgs &args);
+int runCompile(CompileArgs &args);
+
 class Tokenizer;
 /// The tokenizer of a model: tokenizer.json beside a HF checkpoint, or the
 /// vocabulary inside a GGUF file.

@@ -315,6 +315,8 @@ int main(int argc, char **argv) {
   addTrainCommand(app, trainArgs);
   GenerateArgs generateArgs;
   addGenerateCommand(app, generateArgs);
+  CompileArgs compileArgs;
+  addCompileCommand(app, compileArgs);
 
   CLI11_PARSE(app, argc, argv);
   try {
@@ -330,6 +332,8 @@ int main(int argc, char **argv) {
       return runTrain(trainArgs);
     if (*generateArgs.command)
       return runGenerate(generateArgs);
+    if (*compileArgs.command)
+      return runCompile(compileArgs);
     if (*tokenize) {
       if (textOpt->count() == 0 && fileOpt->count() == 0)
         throw FormatError("", "tokenize", "give --text or --file");
