@@ -84,4 +84,45 @@ def LoomBuildGenerate : Pass<"loom-build-generate", "mlir::ModuleOp"> {
   ];
 }
 
+def LoomSpecializeShapes : Pass<"loom-specialize-shapes", "mlir::ModuleOp"> {
+  let summary = "Fix the dynamic batch and tokens dimensions to constants";
+  let description = [{
+    Native code generation compiles one static shape: `bitloom compile`
+    takes `--batch` and `--seq-len`. Every `?` in a function signature, block
+    argument or op result is rewritten: dimension 0 becomes `batch` and
+    dimension 1 becomes `seq-len` (activations are [batch, tokens, ...] and
+    token ids [batch, tokens]). A dynamic dimension anywhere else, or a
+    static leading dimension that disagrees with the one specialized beside
+    it, is an error; the op verifiers then re-check every shape.
+  }];
+  let dependentDialects = ["::bitloom::loom::LoomDialect"];
+  let options = [
+    Option<"batch", "batch", "int64_t", /*default=*/"1",
+           "Static batch size (dimension 0)">,
+    Option<"seqLen", "seq-len", "int64_t", /*default=*/"0",
+           "Static tokens per sequence (dimension 1); required">,
+  ];
+}
+
+def LoomLowerToLinalg : Pass<"loom-lower-to-linalg", "mlir::ModuleOp"> {
+  let summary = "Lower every loom op to linalg, tensor, arith and math";
+  let description = [{
+    The entry of native code generation: a statically shaped module (run
+    `-loom-specialize-shapes` first) becomes upstream ops on tensors, ready
+    for one-shot bufferization. Every remaining `loom.param` becomes a new
+    trailing argument of its function carrying `loom.name` (the parameter
+    name) and `loom.param` (unit), so the runtime passes weights in by name.
+    A `!loom.ternary<OxI, ...>` weight is passed as its dequantized
+    `tensor<OxIxf32>` (ternary pattern times scale) until packed ternary
+    kernels exist. Numerics follow codegen/reference/Kernels.h: dot products
+    and sums accumulate in f64 and round to f32 once, quantizers use the
+    reciprocal-then-multiply scales and round half to even.
+  }];
+  let dependentDialects = ["::mlir::linalg::LinalgDialect",
+                           "::mlir::tensor::TensorDialect",
+                           "::mlir::arith::ArithDialect",
+                           "::mlir::math::MathDialect",
+                           "::mlir::func::FuncDialect"];
+}
+
 #endif // BITLOOM_PASSES

@@ -1,0 +1,1093 @@
+//===- LowerToLinalg.cpp - loom ops to linalg on tensors ------------------===//
+//
+// The first step of native code generation: every loom op becomes upstream
+// ops on tensors (linalg.generic, linalg.fill, tensor, arith, math), which
+// one-shot bufferization and the standard LLVM lowering then take to machine
+// code (codegen/cpu/Pipeline.cpp).
+//
+// Numerics are those of codegen/reference/Kernels.h, op for op:
+//  * every dot product and sum accumulates in f64 and rounds to f32 once
+//    (the reference's `Acc = double`), so results do not depend on the loop
+//    order that later tiling picks;
+//  * quantizer scales are reciprocal-then-multiply, rounding is half to even
+//    (math.roundeven), as PyTorch computes them;
+//  * scalar hyper-parameters are converted to f32 where PyTorch does.
+//
+// Activations are handled as [rows, features] matrices: every op collapses
+// its [batch, tokens, features] operands (a view after bufferization) and
+// expands its result back.
+//
+//===----------------------------------------------------------------------===//
+#include "passes/Passes.h"
+
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Linalg/IR/Linalg.h"
+#include "mlir/Dialect/Math/IR/Math.h"
+#include "mlir/Dialect/Tensor/IR/Tensor.h"
+#include "mlir/IR/ImplicitLocOpBuilder.h"
+#include "llvm/ADT/StringMap.h"
+#include "llvm/ADT/TypeSwitch.h"
+
+#include <limits>
+
+namespace bitloom {
+#define GEN_PASS_DEF_LOOMLOWERTOLINALG
+#include "passes/Passes.h.inc"
+} // namespace bitloom
+
+using namespace mlir;
+using namespace bitloom::loom;
+
+namespace {
+
+constexpr utils::IteratorType P = utils::IteratorType::parallel;
+constexpr utils::IteratorType R = utils::IteratorType::reduction;
+
+/// Scalar arithmetic inside a linalg.generic body (or at function level).
+struct Scalar {
+  OpBuilder &b;
+  Location loc;
+
+  Value f32(double v) {
+    return arith::ConstantOp::create(b, loc, b.getF32FloatAttr(v));
+  }
+  Value f64(double v) {
+    return arith::ConstantOp::create(b, loc, b.getF64FloatAttr(v));
+  }
+  Value idx(int64_t v) { return arith::ConstantIndexOp::create(b, loc, v); }
+  Value add(Value x, Value y) { return arith::AddFOp::create(b, loc, x, y); }
+  Value sub(Value x, Value y) { return arith::SubFOp::create(b, loc, x, y); }
+  Value mul(Value x, Value y) { return arith::MulFOp::create(b, loc, x, y); }
+  Value div(Value x, Value y) { return arith::DivFOp::create(b, loc, x, y); }
+  Value neg(Value x) { return arith::NegFOp::create(b, loc, x); }
+  /// std::max / std::min of the reference (NaN-propagating here).
+  Value max(Value x, Value y) {
+    return arith::MaximumFOp::create(b, loc, x, y);
+  }
+  Value min(Value x, Value y) {
+    return arith::MinimumFOp::create(b, loc, x, y);
+  }
+  Value clamp(Value x, double lo, double hi) {
+    return min(max(x, f32(lo)), f32(hi));
+  }
+  Value ext(Value x) {
+    return x.getType().isF64()
+               ? x
+               : Value(arith::ExtFOp::create(b, loc, b.getF64Type(), x));
+  }
+  Value trunc(Value x) {
+    return arith::TruncFOp::create(b, loc, b.getF32Type(), x);
+  }
+  Value cmp(arith::CmpFPredicate p, Value x, Value y) {
+    return arith::CmpFOp::create(b, loc, p, x, y);
+  }
+  Value select(Value c, Value x, Value y) {
+    return arith::SelectOp::create(b, loc, c, x, y);
+  }
+  Value index(unsigned dim) { return linalg::IndexOp::create(b, loc, dim); }
+  Value toIndex(Value i32) {
+    return arith::IndexCastOp::create(b, loc, b.getIndexType(), i32);
+  }
+  Value exp(Value x) { return math::ExpOp::create(b, loc, x); }
+  Value log(Value x) { return math::LogOp::create(b, loc, x); }
+  Value sqrt(Value x) { return math::SqrtOp::create(b, loc, x); }
+  Value abs(Value x) { return math::AbsFOp::create(b, loc, x); }
+  Value roundEven(Value x) { return math::RoundEvenOp::create(b, loc, x); }
+};
+
+/// Builds the upstream form of one loom op at a time.
+class Lowering {
+public:
+  explicit Lowering(OpBuilder &builder, Location loc)
+      : b(builder), loc(loc), s{builder, loc} {}
+
+  FailureOr<SmallVector<Value>> lower(Operation *op);
+
+private:
+  OpBuilder &b;
+  Location loc;
+  Scalar s;
+
+  using Body = function_ref<SmallVector<Value>(Scalar &, ValueRange)>;
+
+  MLIRContext *ctx() { return b.getContext(); }
+  Type f32() { return b.getF32Type(); }
+  Type f64() { return b.getF64Type(); }
+
+  static ArrayRef<int64_t> shapeOf(Value v) {
+    return cast<RankedTensorType>(v.getType()).getShape();
+  }
+
+  /// The projection (d0, ..., d{n-1}) -> (d{dims[0]}, ...).
+  AffineMap map(unsigned n, ArrayRef<unsigned> dims) {
+    SmallVector<AffineExpr> exprs;
+    for (unsigned d : dims)
+      exprs.push_back(getAffineDimExpr(d, ctx()));
+    return AffineMap::get(n, 0, exprs, ctx());
+  }
+  AffineMap identity(unsigned n) {
+    return AffineMap::getMultiDimIdentityMap(n, ctx());
+  }
+
+  Value empty(ArrayRef<int64_t> shape, Type elt) {
+    return tensor::EmptyOp::create(b, loc, shape, elt);
+  }
+  Value filled(ArrayRef<int64_t> shape, Type elt, double value) {
+    Value v = elt.isF64() ? s.f64(value) : s.f32(value);
+    return linalg::FillOp::create(b, loc, v, empty(shape, elt)).getResult(0);
+  }
+
+  SmallVector<Value> generic(ValueRange ins, ValueRange outs,
+                             ArrayRef<AffineMap> maps,
+                             ArrayRef<utils::IteratorType> iters, Body body) {
+    auto op = linalg::GenericOp::create(
+        b, loc, outs.getTypes(), ins, outs, maps, iters,
+        [&](OpBuilder &nb, Location nl, ValueRange args) {
+          Scalar inner{nb, nl};
+          linalg::YieldOp::create(nb, nl, body(inner, args));
+        });
+    return SmallVector<Value>(op.getResults());
+  }
+
+  /// An elementwise map over operands of one shape.
+  Value elementwise(ValueRange ins, Type elt, Body body) {
+    ArrayRef<int64_t> shape = shapeOf(ins.front());
+    unsigned n = shape.size();
+    SmallVector<AffineMap> maps(ins.size() + 1, identity(n));
+    SmallVector<utils::IteratorType> iters(n, P);
+    return generic(ins, empty(shape, elt), maps, iters, body)[0];
+  }
+
+  /// out[mo] = Σ a[ma] · b[mb] over the reduction loops, accumulated in f64;
+  /// rounded to f32 unless `keepF64`.
+  Value contract(Value lhs, AffineMap ma, Value rhs, AffineMap mb,
+                 ArrayRef<int64_t> outShape, AffineMap mo,
+                 ArrayRef<utils::IteratorType> iters, bool keepF64 = false) {
+    Value acc =
+        generic({lhs, rhs}, filled(outShape, f64(), 0.0), {ma, mb, mo}, iters,
+                [](Scalar &e, ValueRange a) -> SmallVector<Value> {
+                  return {e.add(a[2], e.mul(e.ext(a[0]), e.ext(a[1])))};
+                })[0];
+    return keepF64 ? acc : toF32(acc);
+  }
+
+  Value toF32(Value v) {
+    return elementwise(v, f32(),
+                       [](Scalar &e, ValueRange a) -> SmallVector<Value> {
+                         return {e.trunc(a[0])};
+                       });
+  }
+
+  /// [d0, ..., dk, C] -> [d0·...·dk, C] and back.
+  Value rows(Value v) {
+    ArrayRef<int64_t> shape = shapeOf(v);
+    if (shape.size() <= 2)
+      return v;
+    ReassociationIndices lead;
+    for (unsigned d = 0; d + 1 < shape.size(); ++d)
+      lead.push_back(d);
+    return tensor::CollapseShapeOp::create(
+        b, loc, v,
+        ArrayRef<ReassociationIndices>{
+            lead, ReassociationIndices{int64_t(shape.size() - 1)}});
+  }
+  Value unrows(Value v, Type type) {
+    auto tensor = cast<RankedTensorType>(type);
+    if (tensor.getRank() <= 2)
+      return v;
+    ReassociationIndices lead;
+    for (unsigned d = 0; d + 1 < tensor.getRank(); ++d)
+      lead.push_back(d);
+    return tensor::ExpandShapeOp::create(
+        b, loc, type, v,
+        ArrayRef<ReassociationIndices>{
+            lead, ReassociationIndices{tensor.getRank() - 1}});
+  }
+  /// Every dimension into one (token ids, masks).
+  Value flat(Value v) {
+    ArrayRef<int64_t> shape = shapeOf(v);
+    if (shape.size() <= 1)
+      return v;
+    ReassociationIndices all;
+    for (unsigned d = 0; d < shape.size(); ++d)
+      all.push_back(d);
+    return tensor::CollapseShapeOp::create(b, loc, v,
+                                           ArrayRef<ReassociationIndices>{all});
+  }
+  Value extractScalar(Value zeroD) {
+    return tensor::ExtractOp::create(b, loc, zeroD, ValueRange{});
+  }
+
+  // Kernels.h building blocks.
+  Value rmsInv(Value x, double eps);
+  Value quantizeActivations(Value x);
+  Value quantizeWeight(Value w);
+  Value scaleBy(Value x, Value zeroDScale);
+  Value rowMax(Value x);
+  Value rowSumExp(Value x, Value max);
+  Value attentionProbs(Value q5, Value k4, int64_t kvHeads, int64_t group,
+                       double scale, bool causal);
+
+  // Ops.
+  Value embedding(EmbeddingOp op);
+  Value embeddingGrad(EmbeddingGradOp op);
+  Value rmsNorm(RMSNormOp op);
+  Value rmsNormGradInput(RMSNormGradInputOp op);
+  Value rmsNormGradWeight(RMSNormGradWeightOp op);
+  Value bitlinear(BitLinearOp op);
+  Value bitlinearGradInput(BitLinearGradInputOp op);
+  Value bitlinearGradWeight(BitLinearGradWeightOp op);
+  Value lora(LoRAOp op);
+  Value loraGradInput(LoRAGradInputOp op);
+  SmallVector<Value> loraGradParams(LoRAGradParamsOp op);
+  Value rope(RoPEOp op);
+  Value attention(AttentionOp op);
+  SmallVector<Value> attentionGrad(AttentionGradOp op);
+  Value matmul(MatmulOp op);
+  Value matmulGradInput(MatmulGradInputOp op);
+  Value matmulGradWeight(MatmulGradWeightOp op);
+  Value crossEntropy(CrossEntropyOp op);
+  Value crossEntropyGrad(CrossEntropyGradOp op);
+  Value tokenCount(TokenCountOp op);
+  Value globalNorm(GlobalNormOp op);
+  Value clipByNorm(ClipByNormOp op);
+  Value accumulate(AccumulateOp op);
+  SmallVector<Value> adamw(AdamWOp op);
+  SmallVector<Value> sgd(SGDOp op);
+};
+
+//===----------------------------------------------------------------------===//
+// Building blocks
+//===----------------------------------------------------------------------===//
+
+/// rsqrt(mean(x²) + eps) per row, in HF's order: x·x in f32, Σ in f64,
+/// mean as f32(Σ) / C, then 1 / sqrt.
+Value Lowering::rmsInv(Value x, double eps) {
+  ArrayRef<int64_t> shape = shapeOf(x);
+  int64_t n = shape[0], c = shape[1];
+  Value sum =
+      generic(x, filled({n}, f64(), 0.0), {identity(2), map(2, {0})}, {P, R},
+              [](Scalar &e, ValueRange a) -> SmallVector<Value> {
+                return {e.add(a[1], e.ext(e.mul(a[0], a[0])))};
+              })[0];
+  return generic(sum, empty({n}, f32()), {identity(1), identity(1)}, {P},
+                 [&](Scalar &e, ValueRange a) -> SmallVector<Value> {
+                   Value variance = e.div(e.trunc(a[0]), e.f32(double(c)));
+                   return {
+                       e.div(e.f32(1.0), e.sqrt(e.add(variance, e.f32(eps))))};
+                 })[0];
+}
+
+/// HF ActQuant per row: s = (1 / max(max|x|, 1e-5)) · 127,
+/// x_q = clamp(round(x·s), -128, 127) / s.
+Value Lowering::quantizeActivations(Value x) {
+  ArrayRef<int64_t> shape = shapeOf(x);
+  Value maxAbs =
+      generic(x, filled({shape[0]}, f32(), 0.0), {identity(2), map(2, {0})},
+              {P, R}, [](Scalar &e, ValueRange a) -> SmallVector<Value> {
+                return {e.max(a[1], e.abs(a[0]))};
+              })[0];
+  return generic(
+      {x, maxAbs}, empty(shape, f32()), {identity(2), map(2, {0}), identity(2)},
+      {P, P}, [](Scalar &e, ValueRange a) -> SmallVector<Value> {
+        Value m = e.max(a[1], e.f32(1e-5));
+        Value scale = e.mul(e.div(e.f32(1.0), m), e.f32(127.0));
+        Value q = e.clamp(e.roundEven(e.mul(a[0], scale)), -128.0, 127.0);
+        return {e.div(q, scale)};
+      })[0];
+}
+
+/// HF WeightQuant on the whole matrix: s = 1 / max(mean|W|, 1e-5),
+/// W_q = clamp(round(W·s), -1, 1) / s.
+Value Lowering::quantizeWeight(Value w) {
+  ArrayRef<int64_t> shape = shapeOf(w);
+  int64_t count = shape[0] * shape[1];
+  Value sum =
+      generic(w, filled({}, f64(), 0.0), {identity(2), map(2, {})}, {R, R},
+              [](Scalar &e, ValueRange a) -> SmallVector<Value> {
+                return {e.add(a[1], e.ext(e.abs(a[0])))};
+              })[0];
+  return generic(
+      {w, sum}, empty(shape, f32()), {identity(2), map(2, {}), identity(2)},
+      {P, P}, [&](Scalar &e, ValueRange a) -> SmallVector<Value> {
+        Value mean = e.div(e.trunc(a[1]), e.f32(double(count)));
+        mean = e.max(mean, e.f32(1e-5));
+        Value scale = e.div(e.f32(1.0), mean);
+        Value q = e.clamp(e.roundEven(e.mul(a[0], scale)), -1.0, 1.0);
+        return {e.div(q, scale)};
+      })[0];
+}
+
+/// x · scale for a 0-d scale tensor, or x when there is none.
+Value Lowering::scaleBy(Value x, Value zeroDScale) {
+  if (!zeroDScale)
+    return x;
+  Value scale = extractScalar(zeroDScale);
+  return elementwise(x, f32(),
+                     [&](Scalar &e, ValueRange a) -> SmallVector<Value> {
+                       return {e.mul(a[0], scale)};
+                     });
+}
+
+/// Row maximum of x[N, V] (-inf for an empty row).
+Value Lowering::rowMax(Value x) {
+  int64_t n = shapeOf(x)[0];
+  return generic(x,
+                 filled({n}, f32(), -std::numeric_limits<double>::infinity()),
+                 {identity(2), map(2, {0})}, {P, R},
+                 [](Scalar &e, ValueRange a) -> SmallVector<Value> {
+                   return {e.max(a[1], a[0])};
+                 })[0];
+}
+
+/// Σ_c exp(x[n, c] - max[n]) in f64.
+Value Lowering::rowSumExp(Value x, Value max) {
+  int64_t n = shapeOf(x)[0];
+  return generic({x, max}, filled({n}, f64(), 0.0),
+                 {identity(2), map(2, {0}), map(2, {0})}, {P, R},
+                 [](Scalar &e, ValueRange a) -> SmallVector<Value> {
+                   return {e.add(a[2], e.ext(e.exp(e.sub(a[0], a[1]))))};
+                 })[0];
+}
+
+/// The causal softmax of attention, P[b, kvh, g, t, s] for query head
+/// kvh·group + g; q5 is [B, T, KVH, G, D], k4 [B, S, KVH, D].
+Value Lowering::attentionProbs(Value q5, Value k4, int64_t kvHeads,
+                               int64_t group, double scale, bool causal) {
+  ArrayRef<int64_t> qs = shapeOf(q5), ks = shapeOf(k4);
+  int64_t batch = qs[0], qLen = qs[1], kvLen = ks[1];
+  SmallVector<int64_t> pShape = {batch, kvHeads, group, qLen, kvLen};
+  // Loops (b, kvh, g, t, s, d).
+  Value dots = contract(q5, map(6, {0, 3, 1, 2, 5}), k4, map(6, {0, 4, 1, 5}),
+                        pShape, map(6, {0, 1, 2, 3, 4}), {P, P, P, P, P, R});
+  // score = f32(q·k) · scale; keys after the query's position are masked.
+  int64_t offset = kvLen - qLen;
+  Value scores = generic(
+      dots, empty(pShape, f32()), {identity(5), identity(5)}, {P, P, P, P, P},
+      [&](Scalar &e, ValueRange a) -> SmallVector<Value> {
+        Value v = e.mul(a[0], e.f32(scale));
+        if (!causal)
+          return {v};
+        Value t = e.index(3), sIdx = e.index(4);
+        Value limit = arith::AddIOp::create(e.b, e.loc, t, e.idx(offset));
+        Value hidden = arith::CmpIOp::create(
+            e.b, e.loc, arith::CmpIPredicate::sgt, sIdx, limit);
+        return {e.select(hidden,
+                         e.f32(-std::numeric_limits<double>::infinity()), v)};
+      })[0];
+  // Softmax over s: exp(x - max) · (1 / Σ), PyTorch's CPU order.
+  SmallVector<int64_t> rowShape = {batch, kvHeads, group, qLen};
+  AffineMap rowMap = map(5, {0, 1, 2, 3});
+  Value max = generic(
+      scores, filled(rowShape, f32(), -std::numeric_limits<double>::infinity()),
+      {identity(5), rowMap}, {P, P, P, P, R},
+      [](Scalar &e, ValueRange a) -> SmallVector<Value> {
+        return {e.max(a[1], a[0])};
+      })[0];
+  Value exps = generic({scores, max}, empty(pShape, f32()),
+                       {identity(5), rowMap, identity(5)}, {P, P, P, P, P},
+                       [](Scalar &e, ValueRange a) -> SmallVector<Value> {
+                         return {e.exp(e.sub(a[0], a[1]))};
+                       })[0];
+  Value sum = generic(exps, filled(rowShape, f64(), 0.0), {identity(5), rowMap},
+                      {P, P, P, P, R},
+                      [](Scalar &e, ValueRange a) -> SmallVector<Value> {
+                        return {e.add(a[1], e.ext(a[0]))};
+                      })[0];
+  Value probs = generic({exps, sum}, empty(pShape, f32()),
+                        {identity(5), rowMap, identity(5)}, {P, P, P, P, P},
+                        [](Scalar &e, ValueRange a) -> SmallVector<Value> {
+                          Value inv = e.div(e.f32(1.0), e.trunc(a[1]));
+                          return {e.mul(a[0], inv)};
+                        })[0];
+  return probs;
+}
+
+//===----------------------------------------------------------------------===//
+// Forward ops
+//===----------------------------------------------------------------------===//
+
+Value Lowering::embedding(EmbeddingOp op) {
+  Value table = op.getTable(), ids = flat(op.getTokens());
+  int64_t n = shapeOf(ids)[0], h = shapeOf(table)[1];
+  // A gather: out[n, h] = table[tokens[n], h]. Ids are not range-checked.
+  Value out =
+      generic(ids, empty({n, h}, f32()), {map(2, {0}), identity(2)}, {P, P},
+              [&](Scalar &e, ValueRange a) -> SmallVector<Value> {
+                Value row = e.toIndex(a[0]);
+                return {tensor::ExtractOp::create(e.b, e.loc, table,
+                                                  ValueRange{row, e.index(1)})};
+              })[0];
+  return unrows(out, op.getType());
+}
+
+Value Lowering::rmsNorm(RMSNormOp op) {
+  Value x = rows(op.getInput()), w = op.getWeight();
+  Value r = rmsInv(x, op.getEpsilon().convertToDouble());
+  Value y = generic({x, w, r}, empty(shapeOf(x), f32()),
+                    {identity(2), map(2, {1}), map(2, {0}), identity(2)},
+                    {P, P}, [](Scalar &e, ValueRange a) -> SmallVector<Value> {
+                      return {e.mul(a[1], e.mul(a[0], a[2]))};
+                    })[0];
+  return unrows(y, op.getType());
+}
+
+Value Lowering::bitlinear(BitLinearOp op) {
+  Value x = quantizeActivations(rows(op.getInput()));
+  Value w = op.getWeightQuant() == WeightQuant::online
+                ? quantizeWeight(op.getWeight())
+                : op.getWeight(); // dequantized ternary: already W_t · s
+  int64_t n = shapeOf(x)[0], o = shapeOf(w)[0];
+  // Loops (n, o, i): F.linear with the transposed weight.
+  Value y = contract(x, map(3, {0, 2}), w, map(3, {1, 2}), {n, o},
+                     map(3, {0, 1}), {P, P, R});
+  return unrows(scaleBy(y, op.getOutputScale()), op.getType());
+}
+
+Value Lowering::lora(LoRAOp op) {
+  Value base = rows(op.getBase()), x = rows(op.getInput());
+  Value a = op.getLoraA(), bm = op.getLoraB();
+  int64_t n = shapeOf(x)[0], r = shapeOf(a)[0], o = shapeOf(bm)[0];
+  Value u = contract(x, map(3, {0, 2}), a, map(3, {1, 2}), {n, r},
+                     map(3, {0, 1}), {P, P, R});
+  Value v = contract(u, map(3, {0, 2}), bm, map(3, {1, 2}), {n, o},
+                     map(3, {0, 1}), {P, P, R});
+  double scaling = op.getScaling();
+  Value y = generic({base, v}, empty({n, o}, f32()),
+                    {identity(2), identity(2), identity(2)}, {P, P},
+                    [&](Scalar &e, ValueRange a) -> SmallVector<Value> {
+                      return {e.add(a[0], e.mul(a[1], e.f32(scaling)))};
+                    })[0];
+  return unrows(y, op.getType());
+}
+
+/// x·cos + rotate_half(x)·sin per head, the angle of feature i and i + D/2
+/// being position · theta^(-2i/D) computed in f32 as HF does.
+Value Lowering::rope(RoPEOp op) {
+  Value x = op.getInput(), positions = op.getPositions();
+  ArrayRef<int64_t> shape = shapeOf(x);
+  int64_t headDim = op.getHeadDim(), half = headDim / 2;
+  double theta = op.getTheta().convertToDouble();
+  bool inverse = op.getInverse();
+  return generic(
+      {positions, x}, empty(shape, f32()),
+      {map(3, {0, 1}), identity(3), identity(3)}, {P, P, P},
+      [&](Scalar &e, ValueRange a) -> SmallVector<Value> {
+        OpBuilder &nb = e.b;
+        Value c = e.index(2);
+        Value d = arith::RemUIOp::create(nb, e.loc, c, e.idx(headDim));
+        Value lower = arith::CmpIOp::create(
+            nb, e.loc, arith::CmpIPredicate::ult, d, e.idx(half));
+        Value i = e.select(lower, d,
+                           arith::SubIOp::create(nb, e.loc, d, e.idx(half)));
+        Value partner =
+            e.select(lower, arith::AddIOp::create(nb, e.loc, c, e.idx(half)),
+                     arith::SubIOp::create(nb, e.loc, c, e.idx(half)));
+        Value other = tensor::ExtractOp::create(
+            nb, e.loc, x, ValueRange{e.index(0), e.index(1), partner});
+        Value twoI = arith::IndexCastOp::create(
+            nb, e.loc, nb.getI64Type(),
+            arith::MulIOp::create(nb, e.loc, i, e.idx(2)));
+        Value exponent =
+            e.div(arith::SIToFPOp::create(nb, e.loc, nb.getF32Type(), twoI),
+                  e.f32(double(headDim)));
+        Value invFreq =
+            e.div(e.f32(1.0),
+                  math::PowFOp::create(nb, e.loc, e.f32(theta), exponent));
+        Value pos = arith::SIToFPOp::create(nb, e.loc, nb.getF32Type(), a[0]);
+        Value angle = e.mul(invFreq, pos);
+        Value cos = math::CosOp::create(nb, e.loc, angle);
+        Value sin = math::SinOp::create(nb, e.loc, angle);
+        if (inverse)
+          sin = e.neg(sin);
+        // rotate_half(x) = [-x2, x1]
+        Value rotated = e.select(lower, e.neg(other), other);
+        return {e.add(e.mul(a[1], cos), e.mul(rotated, sin))};
+      })[0];
+}
+
+/// Causal GQA: q viewed as [B, T, KVH, G, D] so that query head
+/// kvh·G + g meets kv head kvh through plain projections.
+Value Lowering::attention(AttentionOp op) {
+  Value q = op.getQuery(), k = op.getKey(), v = op.getValue();
+  int64_t heads = op.getNumHeads(), kvHeads = op.getNumKvHeads(),
+          headDim = op.getHeadDim(), group = heads / kvHeads;
+  ArrayRef<int64_t> qs = shapeOf(q), ks = shapeOf(k);
+  auto q5Type =
+      RankedTensorType::get({qs[0], qs[1], kvHeads, group, headDim}, f32());
+  auto k4Type = RankedTensorType::get({ks[0], ks[1], kvHeads, headDim}, f32());
+  ReassociationIndices head5 = {2, 3, 4}, head4 = {2, 3};
+  Value q5 =
+      tensor::ExpandShapeOp::create(b, loc, q5Type, q, {{0}, {1}, head5});
+  Value k4 =
+      tensor::ExpandShapeOp::create(b, loc, k4Type, k, {{0}, {1}, head4});
+  Value v4 =
+      tensor::ExpandShapeOp::create(b, loc, k4Type, v, {{0}, {1}, head4});
+  Value probs = attentionProbs(q5, k4, kvHeads, group,
+                               op.getScale().convertToDouble(), op.getCausal());
+  // out[b, t, kvh, g, d] = Σ_s P · v; loops (b, t, kvh, g, d, s).
+  Value out =
+      contract(probs, map(6, {0, 2, 3, 1, 5}), v4, map(6, {0, 5, 2, 4}),
+               q5Type.getShape(), map(6, {0, 1, 2, 3, 4}), {P, P, P, P, P, R});
+  return tensor::CollapseShapeOp::create(b, loc, op.getType(), out,
+                                         {{0}, {1}, head5});
+}
+
+Value Lowering::matmul(MatmulOp op) {
+  Value x = rows(op.getInput()), w = op.getWeight();
+  int64_t n = shapeOf(x)[0], m = shapeOf(w)[0];
+  Value y = contract(x, map(3, {0, 2}), w, map(3, {1, 2}), {n, m},
+                     map(3, {0, 1}), {P, P, R});
+  return unrows(y, op.getType());
+}
+
+/// Mean over masked-in rows of logsumexp(l) - l[label]; 0 without any.
+/// Labels of masked-out rows are ignored; masked-in labels are clamped to
+/// the vocabulary (the reference throws instead).
+Value Lowering::crossEntropy(CrossEntropyOp op) {
+  Value logits = rows(op.getLogits()), labels = flat(op.getLabels()),
+        mask = flat(op.getLossMask());
+  int64_t vocab = shapeOf(logits)[1];
+  Value max = rowMax(logits), sum = rowSumExp(logits, max);
+  SmallVector<Value> totals = generic(
+      {labels, mask, max, sum},
+      {filled({}, f64(), 0.0), filled({}, f64(), 0.0)},
+      {identity(1), identity(1), identity(1), identity(1), map(1, {}),
+       map(1, {})},
+      {R}, [&](Scalar &e, ValueRange a) -> SmallVector<Value> {
+        OpBuilder &nb = e.b;
+        Value in = e.cmp(arith::CmpFPredicate::UNE, a[1], e.f32(0.0));
+        Value label = arith::MinSIOp::create(
+            nb, e.loc,
+            arith::MaxSIOp::create(nb, e.loc, e.toIndex(a[0]), e.idx(0)),
+            e.idx(vocab - 1));
+        Value l = tensor::ExtractOp::create(nb, e.loc, logits,
+                                            ValueRange{e.index(0), label});
+        Value logProb = e.sub(e.sub(l, a[2]), e.log(e.trunc(a[3])));
+        Value total = e.sub(a[4], e.ext(logProb));
+        Value count = e.add(a[5], e.f64(1.0));
+        return {e.select(in, total, a[4]), e.select(in, count, a[5])};
+      });
+  return generic(
+      totals, empty({}, f32()), {map(0, {}), map(0, {}), map(0, {})}, {},
+      [](Scalar &e, ValueRange a) -> SmallVector<Value> {
+        Value none = e.cmp(arith::CmpFPredicate::OEQ, a[1], e.f64(0.0));
+        return {e.select(none, e.f32(0.0), e.trunc(e.div(a[0], a[1])))};
+      })[0];
+}
+
+//===----------------------------------------------------------------------===//
+// Adjoints
+//===----------------------------------------------------------------------===//
+
+/// Scatter-add of rows as a masked reduction over the tokens:
+/// dtable[v, h] = Σ_n [tokens[n] = v] · dy[n, h], in f32 and token order as
+/// the reference accumulates.
+Value Lowering::embeddingGrad(EmbeddingGradOp op) {
+  Value dy = rows(op.getResultGrad()), ids = flat(op.getTokens());
+  auto type = cast<RankedTensorType>(op.getType());
+  // Loops (v, h, n).
+  return generic({ids, dy}, filled(type.getShape(), f32(), 0.0),
+                 {map(3, {2}), map(3, {2, 1}), map(3, {0, 1})}, {P, P, R},
+                 [](Scalar &e, ValueRange a) -> SmallVector<Value> {
+                   Value hit = arith::CmpIOp::create(
+                       e.b, e.loc, arith::CmpIPredicate::eq, e.toIndex(a[0]),
+                       e.index(0));
+                   return {e.select(hit, e.add(a[2], a[1]), a[2])};
+                 })[0];
+}
+
+Value Lowering::rmsNormGradInput(RMSNormGradInputOp op) {
+  Value dy = rows(op.getResultGrad()), x = rows(op.getInput()),
+        w = op.getWeight();
+  int64_t n = shapeOf(x)[0], c = shapeOf(x)[1];
+  Value r = rmsInv(x, op.getEpsilon().convertToDouble());
+  AffineMap id = identity(2), col = map(2, {1}), row = map(2, {0});
+  // dot[n] = Σ_c (w·dy) · (x·r) in f64.
+  Value dot =
+      generic({dy, x, w, r}, filled({n}, f64(), 0.0), {id, id, col, row, row},
+              {P, R}, [](Scalar &e, ValueRange a) -> SmallVector<Value> {
+                Value wdy = e.mul(a[2], a[0]);
+                Value xhat = e.mul(a[1], a[3]);
+                return {e.add(a[4], e.mul(e.ext(wdy), e.ext(xhat)))};
+              })[0];
+  Value dx = generic(
+      {dy, x, w, r, dot}, empty({n, c}, f32()), {id, id, col, row, row, id},
+      {P, P}, [&](Scalar &e, ValueRange a) -> SmallVector<Value> {
+        Value meanDot = e.trunc(e.div(a[4], e.f64(double(c))));
+        Value xhat = e.mul(a[1], a[3]);
+        return {e.mul(a[3], e.sub(e.mul(a[2], a[0]), e.mul(xhat, meanDot)))};
+      })[0];
+  return unrows(dx, op.getType());
+}
+
+Value Lowering::rmsNormGradWeight(RMSNormGradWeightOp op) {
+  Value dy = rows(op.getResultGrad()), x = rows(op.getInput());
+  int64_t c = shapeOf(x)[1];
+  Value r = rmsInv(x, op.getEpsilon().convertToDouble());
+  // Loops (c, n): dw[c] = Σ_n dy · (x·r).
+  Value acc =
+      generic({dy, x, r}, filled({c}, f64(), 0.0),
+              {map(2, {1, 0}), map(2, {1, 0}), map(2, {1}), map(2, {0})},
+              {P, R}, [](Scalar &e, ValueRange a) -> SmallVector<Value> {
+                Value xhat = e.mul(a[1], a[2]);
+                return {e.add(a[3], e.mul(e.ext(a[0]), e.ext(xhat)))};
+              })[0];
+  return toF32(acc);
+}
+
+/// dx = (dy · scale) · W_q: straight through the activation quantizer.
+Value Lowering::bitlinearGradInput(BitLinearGradInputOp op) {
+  Value dy = scaleBy(rows(op.getResultGrad()), op.getOutputScale());
+  Value w = op.getWeightQuant() == WeightQuant::online
+                ? quantizeWeight(op.getWeight())
+                : op.getWeight();
+  int64_t n = shapeOf(dy)[0], i = shapeOf(w)[1];
+  // Loops (n, i, o).
+  Value dx = contract(dy, map(3, {0, 2}), w, map(3, {2, 1}), {n, i},
+                      map(3, {0, 1}), {P, P, R});
+  return unrows(dx, op.getType());
+}
+
+/// dW = (dy · scale)ᵀ · x_q: straight through the weight quantizer.
+Value Lowering::bitlinearGradWeight(BitLinearGradWeightOp op) {
+  Value dy = scaleBy(rows(op.getResultGrad()), op.getOutputScale());
+  Value xq = quantizeActivations(rows(op.getInput()));
+  int64_t o = shapeOf(dy)[1], i = shapeOf(xq)[1];
+  // Loops (o, i, n).
+  return contract(dy, map(3, {2, 0}), xq, map(3, {2, 1}), {o, i},
+                  map(3, {0, 1}), {P, P, R});
+}
+
+Value Lowering::loraGradInput(LoRAGradInputOp op) {
+  Value dy = rows(op.getResultGrad()), a = op.getLoraA(), bm = op.getLoraB();
+  int64_t n = shapeOf(dy)[0], r = shapeOf(a)[0], i = shapeOf(a)[1];
+  double scaling = op.getAlpha().convertToDouble() / double(op.getRank());
+  // (dy · c) in f32 first, as autograd scales the LoRA path's output.
+  Value scaled = elementwise(
+      dy, f32(), [&](Scalar &e, ValueRange v) -> SmallVector<Value> {
+        return {e.mul(v[0], e.f32(scaling))};
+      });
+  // du[n, j] = Σ_o (dy·c)[n, o] · B[o, j]; dx[n, i] = Σ_j du[n, j] · A[j, i].
+  Value du = contract(scaled, map(3, {0, 2}), bm, map(3, {2, 1}), {n, r},
+                      map(3, {0, 1}), {P, P, R});
+  Value dx = contract(du, map(3, {0, 2}), a, map(3, {2, 1}), {n, i},
+                      map(3, {0, 1}), {P, P, R});
+  return unrows(dx, op.getType());
+}
+
+SmallVector<Value> Lowering::loraGradParams(LoRAGradParamsOp op) {
+  Value dy = rows(op.getResultGrad()), x = rows(op.getInput()),
+        a = op.getLoraA(), bm = op.getLoraB();
+  int64_t n = shapeOf(dy)[0], o = shapeOf(dy)[1], r = shapeOf(a)[0],
+          i = shapeOf(a)[1];
+  double scaling = op.getAlpha().convertToDouble() / double(op.getRank());
+  Value scaled = elementwise(
+      dy, f32(), [&](Scalar &e, ValueRange v) -> SmallVector<Value> {
+        return {e.mul(v[0], e.f32(scaling))};
+      });
+  Value u = contract(x, map(3, {0, 2}), a, map(3, {1, 2}), {n, r},
+                     map(3, {0, 1}), {P, P, R});
+  Value du = contract(scaled, map(3, {0, 2}), bm, map(3, {2, 1}), {n, r},
+                      map(3, {0, 1}), {P, P, R});
+  // dB[o, j] = Σ_n (dy·c)[n, o] · u[n, j]; dA[j, i] = Σ_n du[n, j] · x[n, i].
+  Value dB = contract(scaled, map(3, {2, 0}), u, map(3, {2, 1}), {o, r},
+                      map(3, {0, 1}), {P, P, R});
+  Value dA = contract(du, map(3, {2, 0}), x, map(3, {2, 1}), {r, i},
+                      map(3, {0, 1}), {P, P, R});
+  return {dA, dB};
+}
+
+/// Recomputes P, then dS = P·(dP - Σ_s P·dP)·scale in f64 as the reference
+/// keeps it; dq = dS·K, dk = dSᵀ·Q and dv = Pᵀ·dout summed over each kv
+/// head's query group.
+SmallVector<Value> Lowering::attentionGrad(AttentionGradOp op) {
+  Value q = op.getQuery(), k = op.getKey(), v = op.getValue(),
+        dout = op.getResultGrad();
+  int64_t heads = op.getNumHeads(), kvHeads = op.getNumKvHeads(),
+          headDim = op.getHeadDim(), group = heads / kvHeads;
+  double scale = op.getScale().convertToDouble();
+  ArrayRef<int64_t> qs = shapeOf(q), ks = shapeOf(k);
+  auto q5Type =
+      RankedTensorType::get({qs[0], qs[1], kvHeads, group, headDim}, f32());
+  auto k4Type = RankedTensorType::get({ks[0], ks[1], kvHeads, headDim}, f32());
+  ReassociationIndices head5 = {2, 3, 4}, head4 = {2, 3};
+  Value q5 =
+      tensor::ExpandShapeOp::create(b, loc, q5Type, q, {{0}, {1}, head5});
+  Value g5 =
+      tensor::ExpandShapeOp::create(b, loc, q5Type, dout, {{0}, {1}, head5});
+  Value k4 =
+      tensor::ExpandShapeOp::create(b, loc, k4Type, k, {{0}, {1}, head4});
+  Value v4 =
+      tensor::ExpandShapeOp::create(b, loc, k4Type, v, {{0}, {1}, head4});
+  Value probs = attentionProbs(q5, k4, kvHeads, group, scale, op.getCausal());
+  ArrayRef<int64_t> pShape = shapeOf(probs);
+  // dP[b, kvh, g, t, s] = Σ_d dout · v, kept in f64; loops (b,kvh,g,t,s,d).
+  Value dP = contract(g5, map(6, {0, 3, 1, 2, 5}), v4, map(6, {0, 4, 1, 5}),
+                      pShape, map(6, {0, 1, 2, 3, 4}), {P, P, P, P, P, R},
+                      /*keepF64=*/true);
+  AffineMap rowMap = map(5, {0, 1, 2, 3});
+  Value rowDot = generic({probs, dP}, filled(pShape.drop_back(), f64(), 0.0),
+                         {identity(5), identity(5), rowMap}, {P, P, P, P, R},
+                         [](Scalar &e, ValueRange a) -> SmallVector<Value> {
+                           return {e.add(a[2], e.mul(e.ext(a[0]), a[1]))};
+                         })[0];
+  Value dS = generic(
+      {probs, dP, rowDot}, empty(pShape, f64()),
+      {identity(5), identity(5), rowMap, identity(5)}, {P, P, P, P, P},
+      [&](Scalar &e, ValueRange a) -> SmallVector<Value> {
+        return {e.mul(e.mul(e.ext(a[0]), e.sub(a[1], a[2])), e.f64(scale))};
+      })[0];
+  // dq[b, t, kvh, g, d] = Σ_s dS · k; loops (b, t, kvh, g, d, s).
+  Value dq =
+      contract(dS, map(6, {0, 2, 3, 1, 5}), k4, map(6, {0, 5, 2, 4}),
+               q5Type.getShape(), map(6, {0, 1, 2, 3, 4}), {P, P, P, P, P, R});
+  // dk[b, s, kvh, d] = Σ_{g,t} dS · q; loops (b, s, kvh, d, g, t).
+  Value dk =
+      contract(dS, map(6, {0, 2, 4, 5, 1}), q5, map(6, {0, 5, 2, 4, 3}),
+               k4Type.getShape(), map(6, {0, 1, 2, 3}), {P, P, P, P, R, R});
+  Value dv =
+      contract(probs, map(6, {0, 2, 4, 5, 1}), g5, map(6, {0, 5, 2, 4, 3}),
+               k4Type.getShape(), map(6, {0, 1, 2, 3}), {P, P, P, P, R, R});
+  Value dqFlat = tensor::CollapseShapeOp::create(b, loc, q.getType(), dq,
+                                                 {{0}, {1}, head5});
+  Value dkFlat = tensor::CollapseShapeOp::create(b, loc, k.getType(), dk,
+                                                 {{0}, {1}, head4});
+  Value dvFlat = tensor::CollapseShapeOp::create(b, loc, v.getType(), dv,
+                                                 {{0}, {1}, head4});
+  return {dqFlat, dkFlat, dvFlat};
+}
+
+Value Lowering::matmulGradInput(MatmulGradInputOp op) {
+  Value dy = rows(op.getResultGrad()), w = op.getWeight();
+  int64_t n = shapeOf(dy)[0], k = shapeOf(w)[1];
+  // Loops (n, k, m).
+  Value dx = contract(dy, map(3, {0, 2}), w, map(3, {2, 1}), {n, k},
+                      map(3, {0, 1}), {P, P, R});
+  return unrows(dx, op.getType());
+}
+
+Value Lowering::matmulGradWeight(MatmulGradWeightOp op) {
+  Value dy = rows(op.getResultGrad()), x = rows(op.getInput());
+  int64_t m = shapeOf(dy)[1], k = shapeOf(x)[1];
+  // Loops (m, k, n).
+  return contract(dy, map(3, {2, 0}), x, map(3, {2, 1}), {m, k}, map(3, {0, 1}),
+                  {P, P, R});
+}
+
+/// dloss · (softmax(l) - onehot(label)) / count on masked-in rows.
+Value Lowering::crossEntropyGrad(CrossEntropyGradOp op) {
+  Value logits = rows(op.getLogits()), labels = flat(op.getLabels()),
+        mask = flat(op.getLossMask());
+  Value dloss = extractScalar(op.getLossGrad());
+  Value count =
+      generic(mask, filled({}, f64(), 0.0), {identity(1), map(1, {})}, {R},
+              [](Scalar &e, ValueRange a) -> SmallVector<Value> {
+                Value in = e.cmp(arith::CmpFPredicate::UNE, a[0], e.f32(0.0));
+                return {e.select(in, e.add(a[1], e.f64(1.0)), a[1])};
+              })[0];
+  Value max = rowMax(logits), sum = rowSumExp(logits, max);
+  AffineMap id = identity(2), row = map(2, {0}), none = map(2, {});
+  Value d = generic(
+      {logits, labels, mask, max, sum, count}, empty(shapeOf(logits), f32()),
+      {id, row, row, row, row, none, id}, {P, P},
+      [&](Scalar &e, ValueRange a) -> SmallVector<Value> {
+        OpBuilder &nb = e.b;
+        Value rowsF = e.trunc(a[5]);
+        Value noRows = e.cmp(arith::CmpFPredicate::OEQ, rowsF, e.f32(0.0));
+        Value g = e.select(noRows, e.f32(0.0), e.div(dloss, rowsF));
+        Value prob = e.exp(e.sub(e.sub(a[0], a[3]), e.log(e.trunc(a[4]))));
+        Value isLabel = arith::CmpIOp::create(
+            nb, e.loc, arith::CmpIPredicate::eq, e.toIndex(a[1]), e.index(1));
+        Value onehot = e.select(isLabel, e.f32(1.0), e.f32(0.0));
+        Value out = e.cmp(arith::CmpFPredicate::OEQ, a[2], e.f32(0.0));
+        Value zero = arith::OrIOp::create(nb, e.loc, out, noRows);
+        return {e.select(zero, e.f32(0.0), e.mul(g, e.sub(prob, onehot)))};
+      })[0];
+  return unrows(d, op.getType());
+}
+
+Value Lowering::tokenCount(TokenCountOp op) {
+  Value mask = flat(op.getLossMask());
+  Value sum = generic(mask, filled({}, f64(), 0.0), {identity(1), map(1, {})},
+                      {R}, [](Scalar &e, ValueRange a) -> SmallVector<Value> {
+                        return {e.add(a[1], e.ext(a[0]))};
+                      })[0];
+  return toF32(sum);
+}
+
+//===----------------------------------------------------------------------===//
+// Optimizer
+//===----------------------------------------------------------------------===//
+
+Value Lowering::globalNorm(GlobalNormOp op) {
+  Value acc = filled({}, f64(), 0.0);
+  for (Value g : op.getGrads()) {
+    unsigned rank = shapeOf(g).size();
+    SmallVector<utils::IteratorType> iters(rank, R);
+    acc = generic(g, acc, {identity(rank), map(rank, {})}, iters,
+                  [](Scalar &e, ValueRange a) -> SmallVector<Value> {
+                    Value x = e.ext(a[0]);
+                    return {e.add(a[1], e.mul(x, x))};
+                  })[0];
+  }
+  return generic(acc, empty({}, f32()), {map(0, {}), map(0, {})}, {},
+                 [](Scalar &e, ValueRange a) -> SmallVector<Value> {
+                   return {e.trunc(e.sqrt(a[0]))};
+                 })[0];
+}
+
+/// g · min(max_norm / (norm + 1e-6), 1), the factor computed in f64.
+Value Lowering::clipByNorm(ClipByNormOp op) {
+  Value norm = s.ext(extractScalar(op.getNorm()));
+  Value ratio =
+      s.div(s.f64(op.getMaxNorm().convertToDouble()), s.add(norm, s.f64(1e-6)));
+  Value one = s.f64(1.0);
+  Value factor = s.trunc(
+      s.select(s.cmp(arith::CmpFPredicate::OLT, one, ratio), one, ratio));
+  return elementwise(op.getGrad(), f32(),
+                     [&](Scalar &e, ValueRange a) -> SmallVector<Value> {
+                       return {e.mul(a[0], factor)};
+                     });
+}
+
+Value Lowering::accumulate(AccumulateOp op) {
+  Value scale = extractScalar(op.getScale());
+  return elementwise({op.getAccumulator(), op.getGrad()}, f32(),
+                     [&](Scalar &e, ValueRange a) -> SmallVector<Value> {
+                       return {e.add(a[0], e.mul(scale, a[1]))};
+                     });
+}
+
+/// torch.optim.AdamW's single-tensor step with the reference's conversions:
+/// per-step scalars in f64 (lr and step are runtime values), per-element
+/// arithmetic in f32.
+SmallVector<Value> Lowering::adamw(AdamWOp op) {
+  double beta1 = op.getBeta1().convertToDouble(),
+         beta2 = op.getBeta2().convertToDouble(),
+         eps = op.getEpsilon().convertToDouble(),
+         wd = op.getWeightDecay().convertToDouble();
+  Value lr = s.ext(extractScalar(op.getLr()));
+  Value stepI = arith::FPToSIOp::create(b, loc, b.getI64Type(),
+                                        extractScalar(op.getStep()));
+  Value step = arith::SIToFPOp::create(b, loc, f64(), stepI);
+  Value decay = s.trunc(s.sub(s.f64(1.0), s.mul(lr, s.f64(wd))));
+  Value bc1 =
+      s.sub(s.f64(1.0), math::PowFOp::create(b, loc, s.f64(beta1), step));
+  Value bc2 =
+      s.sub(s.f64(1.0), math::PowFOp::create(b, loc, s.f64(beta2), step));
+  Value bc2Sqrt = s.trunc(s.sqrt(bc2));
+  Value negStep = s.trunc(s.neg(s.div(lr, bc1)));
+  float w = float(1 - beta1);
+  bool lerpLow = std::abs(w) < 0.5f;
+  Value p = op.getParam();
+  ArrayRef<int64_t> shape = shapeOf(p);
+  unsigned rank = shape.size();
+  SmallVector<AffineMap> maps(7, identity(rank));
+  SmallVector<utils::IteratorType> iters(rank, P);
+  return generic(
+      {p, op.getGrad(), op.getExpAvg(), op.getExpAvgSq()},
+      {empty(shape, f32()), empty(shape, f32()), empty(shape, f32())}, maps,
+      iters, [&](Scalar &e, ValueRange a) -> SmallVector<Value> {
+        Value param = e.mul(a[0], decay), g = a[1], m = a[2], v = a[3];
+        Value wT = e.f32(w);
+        // at::lerp's two forms, chosen by the weight as torch does.
+        Value mNew = lerpLow
+                         ? e.add(m, e.mul(wT, e.sub(g, m)))
+                         : e.sub(g, e.mul(e.sub(g, m), e.sub(e.f32(1.0), wT)));
+        Value vNew = e.add(e.mul(v, e.f32(float(beta2))),
+                           e.mul(e.mul(e.f32(float(1 - beta2)), g), g));
+        Value denom = e.add(e.div(e.sqrt(vNew), bc2Sqrt), e.f32(float(eps)));
+        Value pNew = e.add(param, e.div(e.mul(negStep, mNew), denom));
+        return {pNew, mNew, vNew};
+      });
+}
+
+/// torch.optim.SGD (dampening 0, no Nesterov); the momentum buffer is
+/// replaced by the gradient on step 1.
+SmallVector<Value> Lowering::sgd(SGDOp op) {
+  double momentum = op.getMomentum().convertToDouble(),
+         wd = op.getWeightDecay().convertToDouble();
+  Value negLr = s.trunc(s.neg(s.ext(extractScalar(op.getLr()))));
+  Value stepI = arith::FPToSIOp::create(b, loc, b.getI64Type(),
+                                        extractScalar(op.getStep()));
+  Value first = arith::CmpIOp::create(
+      b, loc, arith::CmpIPredicate::eq, stepI,
+      arith::ConstantOp::create(b, loc, b.getI64IntegerAttr(1)));
+  Value p = op.getParam();
+  ArrayRef<int64_t> shape = shapeOf(p);
+  unsigned rank = shape.size();
+  SmallVector<AffineMap> maps(5, identity(rank));
+  SmallVector<utils::IteratorType> iters(rank, P);
+  return generic({p, op.getGrad(), op.getMomentumBuffer()},
+                 {empty(shape, f32()), empty(shape, f32())}, maps, iters,
+                 [&](Scalar &e, ValueRange a) -> SmallVector<Value> {
+                   Value d = a[1], buf = a[2];
+                   if (wd != 0)
+                     d = e.add(d, e.mul(e.f32(float(wd)), a[0]));
+                   if (momentum != 0) {
+                     buf =
+                         e.select(first, d,
+                                  e.add(e.mul(buf, e.f32(float(momentum))), d));
+                     d = buf;
+                   }
+                   return {e.add(a[0], e.mul(negLr, d)), buf};
+                 });
+}
+
+FailureOr<SmallVector<Value>> Lowering::lower(Operation *op) {
+  auto one = [](Value v) { return SmallVector<Value>{v}; };
+  return llvm::TypeSwitch<Operation *, FailureOr<SmallVector<Value>>>(op)
+      .Case([&](EmbeddingOp o) { return one(embedding(o)); })
+      .Case([&](RMSNormOp o) { return one(rmsNorm(o)); })
+      .Case([&](BitLinearOp o) { return one(bitlinear(o)); })
+      .Case([&](LoRAOp o) { return one(lora(o)); })
+      .Case([&](RoPEOp o) { return one(rope(o)); })
+      .Case([&](AttentionOp o) { return one(attention(o)); })
+      .Case([&](Relu2Op o) {
+        return one(
+            elementwise(o.getInput(), f32(),
+                        [](Scalar &e, ValueRange a) -> SmallVector<Value> {
+                          Value r = e.max(a[0], e.f32(0.0));
+                          return {e.mul(r, r)};
+                        }));
+      })
+      .Case([&](AddOp o) {
+        return one(
+            elementwise({o.getLhs(), o.getRhs()}, f32(),
+                        [](Scalar &e, ValueRange a) -> SmallVector<Value> {
+                          return {e.add(a[0], a[1])};
+                        }));
+      })
+      .Case([&](MulOp o) {
+        return one(
+            elementwise({o.getLhs(), o.getRhs()}, f32(),
+                        [](Scalar &e, ValueRange a) -> SmallVector<Value> {
+                          return {e.mul(a[0], a[1])};
+                        }));
+      })
+      .Case([&](MatmulOp o) { return one(matmul(o)); })
+      .Case([&](CrossEntropyOp o) { return one(crossEntropy(o)); })
+      .Case([&](EmbeddingGradOp o) { return one(embeddingGrad(o)); })
+      .Case([&](RMSNormGradInputOp o) { return one(rmsNormGradInput(o)); })
+      .Case([&](RMSNormGradWeightOp o) { return one(rmsNormGradWeight(o)); })
+      .Case([&](BitLinearGradInputOp o) { return one(bitlinearGradInput(o)); })
+      .Case(
+          [&](BitLinearGradWeightOp o) { return one(bitlinearGradWeight(o)); })
+      .Case([&](LoRAGradInputOp o) { return one(loraGradInput(o)); })
+      .Case([&](LoRAGradParamsOp o) { return loraGradParams(o); })
+      .Case([&](AttentionGradOp o) { return attentionGrad(o); })
+      .Case([&](Relu2GradOp o) {
+        return one(
+            elementwise({o.getResultGrad(), o.getInput()}, f32(),
+                        [](Scalar &e, ValueRange a) -> SmallVector<Value> {
+                          Value r = e.max(a[1], e.f32(0.0));
+                          return {e.mul(a[0], e.mul(e.f32(2.0), r))};
+                        }));
+      })
+      .Case([&](MatmulGradInputOp o) { return one(matmulGradInput(o)); })
+      .Case([&](MatmulGradWeightOp o) { return one(matmulGradWeight(o)); })
+      .Case([&](CrossEntropyGradOp o) { return one(crossEntropyGrad(o)); })
+      .Case([&](TokenCountOp o) { return one(tokenCount(o)); })
+      .Case([&](ConstantOp o) {
+        auto type = cast<RankedTensorType>(o.getType());
+        return one(
+            filled(type.getShape(), f32(), o.getValue().convertToDouble()));
+      })
+      .Case([&](GlobalNormOp o) { return one(globalNorm(o)); })
+      .Case([&](ClipByNormOp o) { return one(clipByNorm(o)); })
+      .Case([&](AccumulateOp o) { return one(accumulate(o)); })
+      .Case([&](AdamWOp o) { return adamw(o); })
+      .Case([&](SGDOp o) { return sgd(o); })
+      .Default([](Operation *) { return failure(); });
+}
+
+//===----------------------------------------------------------------------===//
+// The pass
+//===----------------------------------------------------------------------===//
+
+class LowerToLinalg
+    : public bitloom::impl::LoomLowerToLinalgBase<LowerToLinalg> {
+public:
+  void runOnOperation() override {
+    for (auto func : getOperation().getOps<func::FuncOp>()) {
+      if (func.isExternal())
+        continue;
+      if (failed(checkStatic(func)) || failed(paramsToArguments(func)) ||
+          failed(lowerBody(func)))
+        return signalPassFailure();
+    }
+  }
+
+private:
+  static LogicalResult checkStatic(func::FuncOp func) {
+    WalkResult walk = func.walk([&](Operation *op) {
+      for (Type t : op->getResultTypes())
+        if (auto tensor = dyn_cast<RankedTensorType>(t);
+            tensor && !tensor.hasStaticShape()) {
+          op->emitError("loom-lower-to-linalg needs static shapes; run "
+                        "-loom-specialize-shapes first");
+          return WalkResult::interrupt();
+        }
+      return WalkResult::advance();
+    });
+    if (walk.wasInterrupted())
+      return failure();
+    for (Type t : func.getArgumentTypes())
+      if (auto tensor = dyn_cast<RankedTensorType>(t);
+          tensor && !tensor.hasStaticShape())
+        return func.emitError("loom-lower-to-linalg needs static shapes; run "
+                              "-loom-specialize-shapes first");
+    return success();
+  }
+
+  /// Every loom.param becomes a trailing argument named by `loom.name` and
+  /// marked `loom.param`, one per distinct name. Ternary weights arrive
+  /// dequantized (f32 [out, in]) until packed kernels exist.
+  static LogicalResult paramsToArguments(func::FuncOp func) {
+    Builder b(func.getContext());
+    llvm::StringMap<Value> byName;
+    SmallVector<ParamOp> params;
+    func.walk([&](ParamOp p) { params.push_back(p); });
+    for (ParamOp p : params) {
+      Value &arg = byName[p.getName()];
+      if (!arg) {
+        Type type = p.getType();
+        if (auto ternary = dyn_cast<TernaryType>(type))
+          type = RankedTensorType::get(ternary.getShape(), b.getF32Type());
+        unsigned index = func.getNumArguments();
+        NamedAttribute attrs[] = {
+            b.getNamedAttr("loom.name", p.getNameAttr()),
+            b.getNamedAttr("loom.param", b.getUnitAttr())};
+        if (failed(func.insertArgument(index, type, b.getDictionaryAttr(attrs),
+                                       p.getLoc())))
+          return p.emitError("cannot add the parameter as an argument");
+        arg = func.getArgument(index);
+      }
+      p.getResult().replaceAllUsesWith(arg);
+      p.erase();
+    }
+    return success();
+  }
+
+  static LogicalResult lowerBody(func::FuncOp func) {
+    SmallVector<Operation *> ops;
+    func.walk([&](Operation *op) {
+      if (isa<LoomDialect>(op->getDialect()))
+        ops.push_back(op);
+    });
+    for (Operation *op : ops) {
+      OpBuilder builder(op);
+      Lowering lowering(builder, op->getLoc());
+      FailureOr<SmallVector<Value>> values = lowering.lower(op);
+      if (failed(values))
+        return op->emitError("loom-lower-to-linalg has no lowering for this "
+                             "op");
+      op->replaceAllUsesWith(*values);
+      op->erase();
+    }
+    return success();
+  }
+};
+
+} // namespace
