@@ -28,7 +28,7 @@ void registerCpuLoweringDependencies(DialectRegistry &registry) {
   registerAllToLLVMIRTranslations(registry);
 }
 
-void buildCpuLoweringPipeline(OpPassManager &pm) {
+void buildCpuLoweringPipeline(OpPassManager &pm, bool barePointers) {
   pm.addPass(bitloom::createLoomLowerToLinalg());
 
   // Tensors to buffers. Function boundaries use plain (identity-layout)
@@ -55,7 +55,9 @@ void buildCpuLoweringPipeline(OpPassManager &pm) {
   pm.addPass(createArithToLLVMConversionPass());
   pm.addPass(createConvertIndexToLLVMPass());
   pm.addPass(createFinalizeMemRefToLLVMConversionPass());
-  pm.addPass(createConvertFuncToLLVMPass());
+  ConvertFuncToLLVMPassOptions funcToLLVM;
+  funcToLLVM.useBarePtrCallConv = barePointers;
+  pm.addPass(createConvertFuncToLLVMPass(funcToLLVM));
   pm.addPass(createConvertControlFlowToLLVMPass());
   pm.addPass(createReconcileUnrealizedCastsPass());
 }

@@ -27,7 +27,11 @@ void registerCpuLoweringDependencies(mlir::DialectRegistry &registry);
 /// -loom-lower-to-linalg, one-shot bufferization across function
 /// boundaries, caller-allocated results, ownership-based deallocation,
 /// linalg to loops, and the standard conversions to the LLVM dialect.
-void buildCpuLoweringPipeline(mlir::OpPassManager &pm);
+/// `barePointers`: pass each (static, identity-layout) memref as a bare
+/// pointer to its data instead of an expanded descriptor — the ABI of
+/// ahead-of-time compiled artifacts, whose runtime binds raw buffers.
+void buildCpuLoweringPipeline(mlir::OpPassManager &pm,
+                              bool barePointers = false);
 
 } // namespace bitloom::codegen::cpu
 
