@@ -10,6 +10,7 @@ packages=(
   llvm-22-dev libmlir-22-dev mlir-22-tools llvm-22-tools clang-22 lld-22
   clang-format-22
   libcli11-dev nlohmann-json3-dev libgtest-dev libgmock-dev
+  flatbuffers-compiler libflatbuffers-dev
   python3 python3-numpy python3-torch
 )
 missing=()
