@@ -27,6 +27,8 @@ struct StepArgs {
 void addStepCommand(CLI::App &app, StepArgs &args);
 int runStep(StepArgs &args);
 void requireReferenceTarget(const std::string &target);
+/// reference, or a CPU target whose code `bitloom` compiles and runs itself.
+void requireExecutableTarget(const std::string &target);
 
 struct TrainArgs {
   CLI::App *command = nullptr;

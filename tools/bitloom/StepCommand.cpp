@@ -22,7 +22,9 @@ void addStepCommand(CLI::App &app, StepArgs &args) {
   args.command = cmd;
   cmd->add_option("model", args.model, "model directory or .gguf file")
       ->required();
-  cmd->add_option("--target", args.target, "reference")->capture_default_str();
+  cmd->add_option("--target", args.target,
+                  "reference | cpu-x86_64 | cpu-arm64 (compiled for this CPU)")
+      ->capture_default_str();
   cmd->add_option("--tokens", args.tokens,
                   "ids, one sequence per line, space-separated")
       ->required();
@@ -68,8 +70,16 @@ void requireReferenceTarget(const std::string &target) {
                       "'" + target + "' is not available yet (reference)");
 }
 
+void requireExecutableTarget(const std::string &target) {
+  if (target != "reference" && target != "cpu-x86_64" && target != "cpu-arm64")
+    throw FormatError("", "--target",
+                      "'" + target +
+                          "' is not available yet (reference, cpu-x86_64, "
+                          "cpu-arm64)");
+}
+
 int runStep(StepArgs &args) {
-  requireReferenceTarget(args.target);
+  requireExecutableTarget(args.target);
   if (args.steps < 1)
     throw FormatError("", "--steps", "must be at least 1");
   std::unique_ptr<Model> model = Model::open(args.model);
@@ -120,8 +130,12 @@ int runStep(StepArgs &args) {
 
   std::unique_ptr<TrainingSession> sessionPtr;
   try {
+    ExecutionTarget target{args.target, int64_t(rowsPerMicro),
+                           int64_t(ids.front().size())};
+    if (args.gradAccum > 1)
+      target.entries = {"accumulate_step", "apply_step"};
     sessionPtr = std::make_unique<TrainingSession>(*model, lora, optimizer,
-                                                   initial, args.seed);
+                                                   initial, args.seed, target);
   } catch (const FormatError &e) {
     if (args.adapter.empty())
       throw;

@@ -63,7 +63,9 @@ void addTrainCommand(CLI::App &app, TrainArgs &args) {
   args.command = cmd;
   cmd->add_option("model", args.model, "model directory or .gguf file")
       ->required();
-  cmd->add_option("--target", args.target, "reference")->capture_default_str();
+  cmd->add_option("--target", args.target,
+                  "reference | cpu-x86_64 | cpu-arm64 (compiled for this CPU)")
+      ->capture_default_str();
   cmd->add_option("--data", args.data, "plain text file")->required();
   cmd->add_option("--seq-len", args.seqLen, "tokens per sequence")
       ->capture_default_str();
@@ -106,7 +108,7 @@ void addTrainCommand(CLI::App &app, TrainArgs &args) {
 }
 
 int runTrain(TrainArgs &args) {
-  requireReferenceTarget(args.target);
+  requireExecutableTarget(args.target);
   if (args.seqLen < 2)
     throw FormatError("", "--seq-len", "must be at least 2");
   if (args.batch < 1)
@@ -156,7 +158,10 @@ int runTrain(TrainArgs &args) {
 
   LoRAOptions lora = args.lora;
   lora.targets = parseLoRATargets(args.targets);
-  TrainingSession session(*model, lora, args.optimizer, {}, args.seed);
+  ExecutionTarget target{args.target, args.batch, args.seqLen};
+  if (args.gradAccum > 1)
+    target.entries = {"accumulate_step", "apply_step"};
+  TrainingSession session(*model, lora, args.optimizer, {}, args.seed, target);
 
   fs::create_directories(args.out);
   std::string metricsPath =

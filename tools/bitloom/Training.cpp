@@ -1,6 +1,7 @@
 //===- Training.cpp - Training steps on the reference executor ------------===//
 #include "Training.h"
 
+#include "NativeExecutor.h"
 #include "formats/Error.h"
 #include "formats/MappedFile.h"
 #include "formats/Safetensors.h"
@@ -200,16 +201,27 @@ void savePeftAdapter(const std::string &dir, const LoRAOptions &options,
 // TrainingSession
 //===----------------------------------------------------------------------===//
 
+/// The module and whichever executor runs it: the reference interpreter, or
+/// compiled native code (CPU targets).
 struct TrainingSession::Compiled {
   mlir::MLIRContext context;
   mlir::OwningOpRef<mlir::ModuleOp> module;
   std::unique_ptr<reference::Interpreter> interpreter;
+  std::unique_ptr<NativeExecutor> native;
+
+  std::map<std::string, HostTensor>
+  run(const std::string &function,
+      const std::map<std::string, HostTensor> &args) {
+    return native ? native->run(function, args)
+                  : interpreter->run(function, args);
+  }
 };
 
 TrainingSession::TrainingSession(
     const Model &model, const LoRAOptions &lora,
     const OptimizerOptions &optimizer,
-    const std::map<std::string, HostTensor> &initial, uint64_t seed)
+    const std::map<std::string, HostTensor> &initial, uint64_t seed,
+    const ExecutionTarget &target)
     : compiled_(std::make_unique<Compiled>()) {
   compiled_->module = importModel(compiled_->context, model, lora);
   mlir::PassManager pm(&compiled_->context);
@@ -224,11 +236,26 @@ TrainingSession::TrainingSession(
   autodiff.momentum = optimizer.momentum;
   autodiff.maxGradNorm = optimizer.maxGradNorm;
   pm.addPass(createLoomAutodiff(autodiff));
+  if (target.name != "reference") {
+    // Native code is compiled for one batch shape.
+    LoomSpecializeShapesOptions shapes;
+    shapes.batch = target.batch;
+    shapes.seqLen = target.seqLen;
+    pm.addPass(createLoomSpecializeShapes(shapes));
+  }
   if (mlir::failed(pm.run(*compiled_->module)))
     throw FormatError(model.path(), "",
                       "could not build the training step (see above)");
-  compiled_->interpreter =
-      std::make_unique<reference::Interpreter>(*compiled_->module, model);
+  if (target.name == "reference") {
+    compiled_->interpreter =
+        std::make_unique<reference::Interpreter>(*compiled_->module, model);
+  } else {
+    codegen::cpu::CompiledCpuModule code = codegen::cpu::compileForCpu(
+        *compiled_->module, native::resolveNativeTarget(target.name, "native"),
+        target.entries);
+    compiled_->native =
+        std::make_unique<NativeExecutor>(std::move(code), model);
+  }
 
   // Trainable tensors are the leading arguments of @train_step that have a
   // ".grad" result; their types come from the IR.
@@ -279,13 +306,17 @@ TrainingSession::TrainingSession(
       throw FormatError("", name,
                         "adapter tensor matches no trainable parameter of this "
                         "model and configuration");
-  for (const std::string &name :
-       compiled_->interpreter->argumentNames("train_step"))
+  auto trainStep =
+      compiled_->module->lookupSymbol<mlir::func::FuncOp>("train_step");
+  for (unsigned i = 0; i < trainStep.getNumArguments(); ++i) {
+    std::string name =
+        trainStep.getArgAttrOfType<mlir::StringAttr>(i, "loom.name").str();
     if (!params_.count(name) && name.find('.') != std::string::npos) {
       stateNames_.push_back(name);
       size_t dot = name.find('.');
       state_[name] = HostTensor::floats(params_.at(name.substr(dot + 1)).shape);
     }
+  }
 }
 
 TrainingSession::~TrainingSession() = default;
@@ -301,8 +332,7 @@ TrainingSession::StepResult TrainingSession::step(const Batch &batch,
   args["loss_mask"] = batch.lossMask;
   args["lr"] = HostTensor::scalar(lr);
   args["step"] = HostTensor::scalar(float(steps_ + 1));
-  std::map<std::string, HostTensor> out =
-      compiled_->interpreter->run("train_step", args);
+  std::map<std::string, HostTensor> out = compiled_->run("train_step", args);
   StepResult result;
   result.loss = out.at("loss").data[0];
   result.gradNorm = out.at("grad_norm").data[0];
@@ -336,7 +366,7 @@ TrainingSession::stepAccumulated(const std::vector<Batch> &microBatches,
     args["loss_mask"] = batch.lossMask;
     args["grad_scale"] = HostTensor::scalar(scale);
     std::map<std::string, HostTensor> out =
-        compiled_->interpreter->run("accumulate_step", args);
+        compiled_->run("accumulate_step", args);
     result.loss += out.at("loss").data[0] * scale;
     for (auto &[name, value] : accumulators)
       value = std::move(out.at(name));
@@ -348,8 +378,7 @@ TrainingSession::stepAccumulated(const std::vector<Batch> &microBatches,
     args[name] = value;
   args["lr"] = HostTensor::scalar(lr);
   args["step"] = HostTensor::scalar(float(steps_ + 1));
-  std::map<std::string, HostTensor> out =
-      compiled_->interpreter->run("apply_step", args);
+  std::map<std::string, HostTensor> out = compiled_->run("apply_step", args);
   result.gradNorm = out.at("grad_norm").data[0];
   for (const std::string &name : names_) {
     params_[name] = std::move(out.at(name));
@@ -367,8 +396,7 @@ std::pair<float, float> TrainingSession::evaluate(const Batch &batch) {
   args["positions"] = batch.positions;
   args["labels"] = batch.labels;
   args["loss_mask"] = batch.lossMask;
-  std::map<std::string, HostTensor> out =
-      compiled_->interpreter->run("eval_step", args);
+  std::map<std::string, HostTensor> out = compiled_->run("eval_step", args);
   return {out.at("loss").data[0], out.at("token_count").data[0]};
 }
 

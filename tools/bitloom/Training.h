@@ -61,6 +61,15 @@ struct OptimizerOptions {
   double maxGradNorm = 0.0;
 };
 
+/// Where a session runs: the reference executor, or native code compiled for
+/// this CPU ("cpu-x86_64" / "cpu-arm64") at one batch shape.
+struct ExecutionTarget {
+  std::string name = "reference";
+  int64_t batch = 0, seqLen = 0; // native targets only
+  /// Native targets compile only the entry points the command runs.
+  std::vector<std::string> entries = {"train_step"};
+};
+
 /// Builds train_step/eval_step for a model and runs them.
 class TrainingSession {
 public:
@@ -71,7 +80,7 @@ public:
   TrainingSession(const Model &model, const LoRAOptions &lora,
                   const OptimizerOptions &optimizer,
                   const std::map<std::string, HostTensor> &initial,
-                  uint64_t seed);
+                  uint64_t seed, const ExecutionTarget &target = {});
   ~TrainingSession();
 
   struct StepResult {

@@ -1,0 +1,108 @@
+//===- CompileCpu.cpp - A trained step to a native shared object ----------===//
+#include "codegen/cpu/CompileCpu.h"
+
+#include "codegen/cpu/Pipeline.h"
+#include "formats/Error.h"
+#include "passes/Passes.h"
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/IR/BuiltinTypes.h"
+#include "mlir/Pass/PassManager.h"
+
+#include <algorithm>
+
+using namespace mlir;
+
+namespace bitloom::codegen::cpu {
+
+int64_t TensorSignature::numElements() const {
+  int64_t n = 1;
+  for (int64_t d : shape)
+    n *= d;
+  return n;
+}
+
+const FunctionSignature *
+CompiledCpuModule::find(const std::string &name) const {
+  for (const FunctionSignature &f : functions)
+    if (f.name == name)
+      return &f;
+  return nullptr;
+}
+
+static TensorSignature signatureOf(Type type, StringAttr name, bool isWeight) {
+  auto tensor = dyn_cast<RankedTensorType>(type);
+  if (!tensor || !tensor.hasStaticShape())
+    throw FormatError("", "compile",
+                      "entry points need static shapes (specialize first)");
+  TensorSignature sig;
+  sig.name = name ? name.str() : "";
+  sig.shape.assign(tensor.getShape().begin(), tensor.getShape().end());
+  sig.isInt = tensor.getElementType().isInteger(32);
+  sig.isWeight = isWeight;
+  return sig;
+}
+
+CompiledCpuModule compileForCpu(ModuleOp source,
+                                const native::NativeTarget &target,
+                                const std::vector<std::string> &entries,
+                                bool withAssembly) {
+  MLIRContext *context = source.getContext();
+  DialectRegistry registry;
+  registerCpuLoweringDependencies(registry);
+  context->appendDialectRegistry(registry);
+  context->loadAllAvailableDialects();
+
+  OwningOpRef<ModuleOp> module(source.clone());
+  for (auto func : llvm::make_early_inc_range(module->getOps<func::FuncOp>()))
+    if (std::find(entries.begin(), entries.end(), func.getName().str()) ==
+        entries.end())
+      func.erase();
+
+  // Weights become trailing arguments here; record the signatures the
+  // runtime binds before bufferization turns results into out-params.
+  {
+    PassManager pm(context);
+    pm.addPass(createLoomLowerToLinalg());
+    if (failed(pm.run(*module)))
+      throw FormatError("", "compile", "lowering to linalg failed");
+  }
+  CompiledCpuModule compiled;
+  for (const std::string &entry : entries) {
+    auto func = module->lookupSymbol<func::FuncOp>(entry);
+    if (!func)
+      throw FormatError("", "compile", "no entry point @" + entry);
+    FunctionSignature sig;
+    sig.name = entry;
+    for (unsigned i = 0; i < func.getNumArguments(); ++i)
+      sig.args.push_back(
+          signatureOf(func.getArgumentTypes()[i],
+                      func.getArgAttrOfType<StringAttr>(i, "loom.name"),
+                      bool(func.getArgAttr(i, "loom.param"))));
+    for (unsigned i = 0; i < func.getNumResults(); ++i)
+      sig.results.push_back(signatureOf(
+          func.getResultTypes()[i],
+          func.getResultAttrOfType<StringAttr>(i, "loom.name"), false));
+    compiled.functions.push_back(std::move(sig));
+  }
+
+  // The signatures are recorded: drop loom.* argument attributes, which the
+  // LLVM IR translation would otherwise warn about, printing each function.
+  for (auto func : module->getOps<func::FuncOp>()) {
+    for (unsigned i = 0; i < func.getNumArguments(); ++i)
+      func.setArgAttrs(i, DictionaryAttr::get(context));
+    for (unsigned i = 0; i < func.getNumResults(); ++i)
+      func.setResultAttrs(i, DictionaryAttr::get(context));
+  }
+
+  PassManager pm(context);
+  buildCpuLoweringPipeline(pm, /*barePointers=*/true);
+  if (failed(pm.run(*module)))
+    throw FormatError("", "compile", "lowering to the LLVM dialect failed");
+  native::addPackedEntryPoints(*module);
+  compiled.sharedObject = native::emitSharedObject(
+      *module, target, withAssembly ? &compiled.assembly : nullptr);
+  return compiled;
+}
+
+} // namespace bitloom::codegen::cpu
