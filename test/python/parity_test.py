@@ -24,19 +24,26 @@ directory is used and removed when everything passes. --quick runs cases a and
 b and the negative control only; --cases picks cases by name.
 
 int8 rounding ties. BitLinear rounds x * (127 / max|x|) to integers. Where that
-product lies within a few float32 ulps of k + 0.5, the two implementations can
-round it differently, because their matmuls sum in different orders (torch's
-float32 BLAS vs bitloom's float64 accumulation): one flipped element moves the
-gradients of a model this small by ~1e-3, and the optimizer carries it on. So
-the table also shows "tie mrg", the smallest |frac(x*s) - 0.5| / |x*s| over all
-activation roundings of the reference's 3 steps (how close the case came), and
-when a case fails, the test re-runs the reference in this process with F.linear
-accumulated in float64 and says whether bitloom matches that ("diagnosis:"
-line). The case still fails: the diagnosis is for triage, the tolerances stay.
+product lies within a few float32 ulps of k + 0.5, two implementations whose sums
+run in different orders (torch's float32 BLAS vs bitloom's float64 accumulation)
+can round it differently; one flipped element moves the gradients of a model
+this small by ~1e-3, and the optimizer carries it on. ("tie mrg" in the table is
+the smallest relative distance |frac(x*s) - 0.5| / |x*s| over the reference's
+activation roundings: how close the case came.) When a case fails, the test
+says whether that is what happened ("diagnosis:"): at bitloom's own parameters
+after 0, 1, 2 steps it compares one step of bitloom with the reference, and
+where they differ, re-evaluates the reference with each of the 16 roundings
+closest to a tie flipped alone (then pairs of the closest 6); it also applies torch's optimizer to bitloom's
+first-step gradients. The case still fails: the diagnosis is for triage, the
+tolerances stay, and the cases' seeds are ones whose roundings agree here.
 """
 
 import argparse
+import contextlib
+import io
+import itertools
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -181,14 +188,15 @@ def run_case(case, args, root):
     # 2. initial adapter
     adapter = os.path.join(d, "adapter")
     cmd = [py, REFERENCE, model, "--write-adapter", adapter, "--lora-rank", str(case["rank"]),
-           "--lora-alpha", str(case["alpha"]), "--lora-targets", case["targets"], "--seed", str(ord(name[0]))]
+           "--lora-alpha", str(case["alpha"]), "--lora-targets", case["targets"],
+           "--seed", str(ord(name[0]) + 1000 * args.seed_offset)]
     if case["nonzero_b"]:
         cmd.append("--nonzero-b")
     run(cmd, "bitnet_reference.py --write-adapter")
     initial = st.load(os.path.join(adapter, "adapter_model.safetensors"))
 
     # 3. tokens and mask
-    rng = np.random.default_rng(100 + ord(name[0]) + len(name))
+    rng = np.random.default_rng(100 + ord(name[0]) + len(name) + 1000 * args.seed_offset)
     ids = rng.integers(0, vocab, (case["batch"], case["seq"]))
     ids[0, 0], ids[-1, -1] = 0, vocab - 1  # both ends of the embedding table
     ids_txt = os.path.join(d, "ids.txt")
@@ -244,6 +252,8 @@ def run_case(case, args, root):
                     problems.append(f"{side}: {g} is all zero")
             elif gmax != 0.0:  # B = 0: dL/dA = (B^T dL/dy) x * scaling = 0 exactly
                 problems.append(f"{side}: {g} has max |g| = {gmax:.3e}, expected exactly 0 with B = 0")
+    a_max = {side: max((float(np.abs(out[g]).max()) for g in grads if "lora_A" in g and g in out), default=0.0)
+             for side, out in (("bitloom", got), ("reference", ref))}
     if len(ref.get("loss", [])) != STEPS:
         problems.append(f"reference wrote {len(ref.get('loss', []))} losses, expected {STEPS}")
 
@@ -254,85 +264,227 @@ def run_case(case, args, root):
         e, n = max(items, key=lambda it: (np.nan_to_num(it[0], nan=np.inf), it[1]))
         return e, n
 
-    # 7. how close the reference's trajectory comes to an int8 rounding tie (information, and
-    #    on failure whether float64 accumulation in F.linear (bitloom's summation) explains it)
-    margins, scan_path = reference_diagnostics(model, common, d)
+    # 7. how close the reference's trajectory comes to an int8 rounding tie (information), and on
+    #    failure whether the math differs or only the trajectories diverged (pointwise_diagnosis)
+    margins, scan_path = tie_scan(model, common, d)
     notes = []
     scan = st.load(scan_path)
     if any(not np.array_equal(scan[n], ref[n]) for n in ref):
         notes.append("note: the in-process reference run differs from the subprocess run")
     if problems:
-        _, f64_path = reference_diagnostics(model, common, d, f64_linear=True)
-        e64 = errors(got, st.load(f64_path))
-        over = [n for n, (k, e) in e64.items() if not e <= TOL[k]]
-        step = min((i for i, (m, _) in enumerate(margins) if m < 1e-5), default=None)
-        if not over:
-            notes.append("diagnosis: bitloom matches the reference re-run with float64-accumulated F.linear "
-                         f"(worst error {max(e for _, e in e64.values()):.1e}): an int8 activation rounding "
-                         "tie decided by float32 summation order, not a difference in the math"
-                         + (f"; closest tie at step {step + 1}: {margins[step][1]}" if step is not None else ""))
-        else:
-            notes.append(f"diagnosis: still over tolerance against the float64-accumulated reference: "
-                         f"{', '.join(over[:4])}{' ...' if len(over) > 4 else ''}")
+        lines, agrees = pointwise_diagnosis(args, model, common, d)
+        notes += ["  " + ln for ln in lines]
+        notes.append("diagnosis: " + (
+            "at each of bitloom's parameter points bitloom agrees with the reference, or with the reference "
+            "with one int8 activation rounding next to a tie flipped, and torch's optimizer on bitloom's "
+            "gradients gives bitloom's update: the outputs differ because float32 summation order rounded "
+            "a tie differently (and the optimizer carried it on), not because the math differs"
+            if agrees else "bitloom and the reference differ at the same parameters: a real discrepancy (see above)"))
 
     summary = dict(name=name, desc=case["desc"], tensors=len(errs), loss=worst("loss")[0],
                    grad=worst("grad"), param=worst("param"), moved=moved, margins=margins, notes=notes,
-                   a_zero=(not case["nonzero_b"]), t_bitloom=t_bitloom, t_ref=t_ref, t=time.time() - t0,
+                   a_zero=(not case["nonzero_b"]), a_max=a_max, t_bitloom=t_bitloom, t_ref=t_ref, t=time.time() - t0,
                    got=got_path, ref=ref_path, problems=problems,
                    losses=(got.get("loss"), ref.get("loss")))
     return summary
 
 
-def reference_diagnostics(model, flags, out_dir, f64_linear=False):
-    """Re-runs bitnet_reference.py's step mode in this process with its BitLinear hooked.
+def _reference():
+    """bitnet_reference, imported in this process (it imports torch) for the diagnostics."""
+    import bitnet_reference
+    return bitnet_reference
 
-    Returns, per step, the smallest distance of an int8 activation rounding from a
-    tie: min over every ActQuant element of |frac(x*s) - 0.5| / |x*s| (a relative
-    margin: a relative change of x of about this size flips that rounding; two
-    float32 implementations with different summation orders differ by ~1e-7, more
-    after a few optimizer steps), with where it is. With f64_linear, F.linear
-    accumulates in float64 and rounds once to float32 (the summation bitloom's
-    reference kernels use); the output is written to out_dir/f64_linear.safetensors.
+
+GROUP = {"q": "q,k,v", "k": "q,k,v", "v": "q,k,v", "o": "o", "gate": "gate,up", "up": "gate,up", "down": "down"}
+N_CANDIDATES = 16
+PAIRS_OF = 6
+
+
+@contextlib.contextmanager
+def tie_margins(R, evaluations, flips=()):
+    """Hooks the reference's BitLinear.
+
+    Appends to `evaluations`, per loss evaluation, the N_CANDIDATES int8 activation
+    roundings closest to a tie, as (relative distance |frac(x*s) - 0.5| / |x*s|, layer,
+    projection group, flat index, x*s); a relative change of x of about that distance
+    flips the rounding. With flips = [(layer, group, flat index), ...], those elements
+    are rounded the other way (for every projection of the group: q, k, v share their
+    input, as gate and up do), with the same identity gradient.
     """
-    import torch  # noqa: F401  (bitnet_reference needs it; only this helper imports it here)
-    import bitnet_reference as R
-
-    margins = []
-    orig_bitlinear, orig_loss, orig_linear = R.BitNetReference.bitlinear, R.BitNetReference.loss, R.F.linear
+    torch = R.torch
+    orig_bitlinear, orig_loss = R.BitNetReference.bitlinear, R.BitNetReference.loss
 
     def bitlinear(self, layer, short, x):
-        if self.quantize and short in ("q", "o", "gate", "down"):  # k, v share q's input; up shares gate's
-            with torch.no_grad():
-                s = 127 / x.abs().max(dim=-1, keepdim=True).values.clamp(min=1e-5)
-                xs = (x * s).abs()
-                rel = ((xs - xs.floor() - 0.5).abs() / xs.clamp(min=1e-30)).flatten()
-                j = int(rel.argmin())
-                if rel[j] < margins[-1][0]:
-                    where = tuple(int(v) for v in np.unravel_index(j, tuple(xs.shape)))
-                    margins[-1] = (float(rel[j]), f"layer {layer} {short}_proj input, token {where[:-1]}, "
-                                   f"feature {where[-1]}: |x*s| = {float(xs.flatten()[j]):.9g}")
-        return orig_bitlinear(self, layer, short, x)
+        if not self.quantize:
+            return orig_bitlinear(self, layer, short, x)
+        with torch.no_grad():
+            s = 127 / x.abs().max(dim=-1, keepdim=True).values.clamp(min=1e-5)
+            xs = (x * s).flatten()
+        if short in ("q", "o", "gate", "down"):
+            rel = ((xs.abs() - xs.abs().floor() - 0.5).abs() / xs.abs().clamp(min=1e-30))
+            for j in torch.argsort(rel)[:N_CANDIDATES].tolist():
+                evaluations[-1].append((float(rel[j]), layer, GROUP[short], j, float(xs[j])))
+            evaluations[-1].sort()
+            del evaluations[-1][N_CANDIDATES:]
+        mine = [f[2] for f in flips if (layer, GROUP[short]) == f[:2]]
+        if not mine:
+            return orig_bitlinear(self, layer, short, x)
+        q = xs.round()
+        for j in mine:
+            v = float(xs[j])
+            q[j] = math.floor(v) if float(q[j]) > v else math.ceil(v)
+        xq = q.view_as(x).clamp(-128, 127) / s
+        w, scale = self.layers[layer][short]
+        y = R.F.linear(x + (xq - x).detach(), w)  # forward: the flipped x_q; backward: identity (STE)
+        return y if scale is None else y * scale
 
     def loss(self, *a, **k):
-        margins.append((float("inf"), "-"))
+        evaluations.append([])
         return orig_loss(self, *a, **k)
 
-    def linear64(x, w, b=None):
-        y = orig_linear(x.double(), w.double(), None if b is None else b.double())
-        return y.to(x.dtype)
-
     R.BitNetReference.bitlinear, R.BitNetReference.loss = bitlinear, loss
-    if f64_linear:
-        R.F.linear = linear64
-    out = os.path.join(out_dir, "f64_linear.safetensors" if f64_linear else "tie_scan.safetensors")
     try:
-        import contextlib
-        import io
-        with contextlib.redirect_stdout(io.StringIO()):
-            R.main([model] + flags + ["--out", out])
+        yield evaluations
     finally:
-        R.BitNetReference.bitlinear, R.BitNetReference.loss, R.F.linear = orig_bitlinear, orig_loss, orig_linear
-    return margins, out
+        R.BitNetReference.bitlinear, R.BitNetReference.loss = orig_bitlinear, orig_loss
+
+
+def describe_tie(c):
+    rel, layer, group, j, v = c
+    return f"layer {layer} {group} input element {j}: x*s = {v:.9g} ({rel:.1e} from a tie)"
+
+
+def margin_of(evaluation):
+    return (evaluation[0][0], describe_tie(evaluation[0])) if evaluation else (float("inf"), "-")
+
+
+def tie_scan(model, flags, out_dir):
+    """Re-runs the reference's step mode in this process with the tie_margins hook.
+    Returns (per step (closest relative distance, where), path of its output, which must
+    equal the subprocess run's)."""
+    R = _reference()
+    out = os.path.join(out_dir, "tie_scan.safetensors")
+    evaluations = []
+    with tie_margins(R, evaluations), contextlib.redirect_stdout(io.StringIO()):
+        R.main([model] + flags + ["--out", out])
+    return [margin_of(e) for e in evaluations], out
+
+
+def flag_value(flags, name):
+    return flags[flags.index(name) + 1] if name in flags else None
+
+
+def with_flag(flags, name, value):
+    flags = list(flags)
+    flags[flags.index(name) + 1] = value
+    return flags
+
+
+def pointwise_diagnosis(args, model, flags, d):
+    """Separates "the math differs" from "the trajectories diverged at a rounding tie".
+
+    Takes bitloom's own parameters after k = 0 .. STEPS-1 steps (`bitloom step --steps k`)
+    and at each point compares one `bitloom step --steps 1` (loss, gradients) with the
+    reference evaluated at the very same parameters. Where they differ, it re-evaluates
+    the reference with one int8 activation rounding flipped, for each of the
+    N_CANDIDATES roundings closest to a tie (then two, among the closest PAIRS_OF), and
+    reports the flip that makes them agree.
+    It also checks the first optimizer update by applying torch's optimizer to bitloom's
+    own first-step gradients. Returns (lines, agrees): agrees is True when every
+    difference is explained that way.
+    """
+    R = _reference()
+    diag = os.path.join(d, "diagnosis")
+    shutil.rmtree(diag, ignore_errors=True)
+    os.makedirs(diag)
+    adapter0 = flag_value(flags, "--adapter")
+    ids = R.read_int_rows(flag_value(flags, "--tokens"), "token ids")
+    mask_txt = flag_value(flags, "--mask")
+    labels = R.make_labels(ids, R.read_int_rows(mask_txt, "mask values") if mask_txt else None)
+    cfg, tensors = R.load_model_dir(model)
+    ref_model = R.BitNetReference(cfg, tensors)
+
+    def reference_at(adapter, flips=()):
+        lora = R.LoRA.load_peft_dir(adapter, cfg)
+        evaluations = []
+        with tie_margins(R, evaluations, flips):
+            loss = ref_model.loss(ids, labels, lora)
+            loss.backward()
+        out = {"loss": np.array([loss.item()], dtype=np.float32)}
+        out.update({n + ".grad": p.grad.detach().numpy().copy() for n, p in lora.named_parameters()})
+        return out, evaluations[0]
+
+    def over(e):
+        return sorted(n for n, (k, v) in e.items() if not v <= TOL[k])
+
+    def worst(e, kind):
+        vals = [v for n, (k, v) in e.items() if k == kind]
+        return max(vals, key=lambda v: np.nan_to_num(v, nan=np.inf)) if vals else 0.0
+
+    lines, agrees = [], True
+    for k in range(STEPS):
+        adapter = adapter0
+        if k > 0:
+            path = os.path.join(diag, f"bitloom_steps{k}.safetensors")
+            run([args.bitloom, "step", model, "--target", "reference"] + with_flag(flags, "--steps", str(k))
+                + ["--out", path], f"bitloom step --steps {k} (diagnosis)")
+            params = {n: v for n, v in st.load(path).items() if compare_outputs.kind_of(n) == "param"}
+            adapter = os.path.join(diag, f"adapter_after_{k}")
+            os.makedirs(adapter)
+            shutil.copy(os.path.join(adapter0, "adapter_config.json"), adapter)
+            st.save(os.path.join(adapter, "adapter_model.safetensors"), params)
+        got_path = os.path.join(diag, f"bitloom_at{k}.safetensors")
+        run([args.bitloom, "step", model, "--target", "reference"]
+            + with_flag(with_flag(flags, "--steps", "1"), "--adapter", adapter) + ["--out", got_path],
+            "bitloom step --steps 1 (diagnosis)")
+        got = st.load(got_path)
+        ref, candidates = reference_at(adapter)
+        e = errors({n: got[n] for n in ref}, ref)
+        line = (f"at bitloom's parameters after {k} step(s): loss {fmt(e['loss'][1])}, "
+                f"grads {fmt(worst(e, 'grad'))}")
+        if over(e):
+            best = None
+            trials = [(c,) for c in candidates] + list(itertools.combinations(candidates[:PAIRS_OF], 2))
+            for flips in trials:
+                ref_f, _ = reference_at(adapter, flips=[c[1:4] for c in flips])
+                e_f = errors({n: got[n] for n in ref_f}, ref_f)
+                if not over(e_f):
+                    best = (flips, e_f)
+                    break
+            if best is not None:
+                line += (f"; agrees (loss {fmt(best[1]['loss'][1])}, grads {fmt(worst(best[1], 'grad'))}) "
+                         f"when the reference rounds {' and '.join(describe_tie(c) for c in best[0])} "
+                         "the other way")
+            else:
+                agrees = False
+                line += (f"; no flip of one of the {len(candidates)} roundings closest to a tie (or two of the "
+                         f"first {PAIRS_OF}) explains it: "
+                         f"REAL DIFFERENCE in {', '.join(short_name(n) for n in over(e)[:6])}"
+                         f"{' ...' if len(over(e)) > 6 else ''}")
+        lines.append(line)
+        if k == 0:
+            # the first optimizer update, on bitloom's own gradients, from identical parameters
+            lora = R.LoRA.load_peft_dir(adapter0, cfg)
+            named = lora.named_parameters()
+            opt = R.make_optimizer([p for _, p in named], flag_value(flags, "--optimizer") or "adamw",
+                                   float(flag_value(flags, "--lr") or 1e-3),
+                                   None if flag_value(flags, "--weight-decay") is None
+                                   else float(flag_value(flags, "--weight-decay")),
+                                   float(flag_value(flags, "--momentum") or 0.0))
+            for n, p in named:
+                p.grad = R.torch.from_numpy(got[n + ".grad"].copy())
+            opt.step()
+            e1 = errors({n: got[n] for n, _ in named}, {n: p.detach().numpy() for n, p in named})
+            line = f"first optimizer update on bitloom's own gradients: params {fmt(worst(e1, 'param'))}"
+            if over(e1):
+                agrees = False
+                line += f" REAL DIFFERENCE in {', '.join(short_name(n) for n in over(e1)[:6])}"
+            lines.append(line)
+    return lines, agrees
+
+
+def short_name(name):
+    return name.replace("base_model.model.model.", "")
 
 
 def negative_control(summary, args, root):
@@ -364,6 +516,8 @@ def main(argv=None):
     ap.add_argument("--workdir", help="keep the files here (default: a temporary directory)")
     ap.add_argument("--quick", action="store_true", help=f"cases {','.join(QUICK)} and the negative control")
     ap.add_argument("--cases", help="comma-separated case names (default: all)")
+    ap.add_argument("--seed-offset", type=int, default=0,
+                    help="vary the adapters and token data (same checkpoints), to probe robustness")
     ap.add_argument("--python", default=sys.executable, help="Python with torch, for bitnet_reference.py")
     args = ap.parse_args(argv)
     args.bitloom = os.path.abspath(args.bitloom)
@@ -404,6 +558,9 @@ def main(argv=None):
         print(f"    worst grad {fmt(s['grad'][0])} ({s['grad'][1]}), worst param {fmt(s['param'][0])} "
               f"({s['param'][1]}); params moved {s['moved']:.2e}; "
               f"bitloom {s['t_bitloom']:.2f} s, reference {s['t_ref']:.2f} s", flush=True)
+        if s["a_zero"]:
+            print(f"    B = 0: max |grad A| bitloom {s['a_max']['bitloom']:g}, reference {s['a_max']['reference']:g} "
+                  "(must be exactly 0)")
         print("    closest int8 rounding tie per step (relative margin): "
               + "; ".join(f"{m:.1e}" for m, _ in s["margins"]) + f" [{min(s['margins'])[1]}]")
         for p in s["problems"]:
