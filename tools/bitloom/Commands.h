@@ -60,6 +60,8 @@ struct CompileArgs {
   CLI::App *command = nullptr;
   std::string model, target = "reference", output, dumpPhases;
   std::string compileTo = "generate";
+  std::string cpu;               // CPU targets: native, generic or a name
+  int64_t seqLen = 0, batch = 0; // CPU targets compile one shape
   LoRAOptions lora{/*rank=*/8, /*alpha=*/8.0, /*dropout=*/0.0, {}};
   std::string targets = "all";
   OptimizerOptions optimizer;

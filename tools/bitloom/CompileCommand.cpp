@@ -14,6 +14,8 @@
 //===----------------------------------------------------------------------===//
 #include "Commands.h"
 
+#include "artifact/ArtifactBuilder.h"
+#include "codegen/cpu/CompileCpu.h"
 #include "formats/Error.h"
 #include "formats/MappedFile.h"
 #include "passes/Passes.h"
@@ -22,8 +24,10 @@
 #include "mlir/Pass/PassManager.h"
 #include "llvm/Support/raw_ostream.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 
 namespace fs = std::filesystem;
 
@@ -37,7 +41,13 @@ void addCompileCommand(CLI::App &app, CompileArgs &args) {
   args.command = cmd;
   cmd->add_option("model", args.model, "model directory or .gguf file")
       ->required();
-  cmd->add_option("--target", args.target, "reference")->capture_default_str();
+  cmd->add_option("--target", args.target,
+                  "reference (a .mlir) | cpu-x86_64 | cpu-arm64 (a .blm)")
+      ->capture_default_str();
+  cmd->add_option("--cpu", args.cpu,
+                  "CPU to tune for: native | generic | an LLVM CPU name");
+  cmd->add_option("--seq-len", args.seqLen, "tokens per sequence (CPU)");
+  cmd->add_option("--batch", args.batch, "sequences per step (CPU)");
   cmd->add_option("--lora-rank", args.lora.rank, "LoRA rank")
       ->capture_default_str();
   cmd->add_option("--lora-alpha", args.lora.alpha, "LoRA alpha")
@@ -75,8 +85,160 @@ static std::string printModule(mlir::ModuleOp module) {
   return text;
 }
 
+/// Arguments' roles in the artifact, from their loom.name.
+static blm::Role roleOf(const std::string &name) {
+  if (name == "tokens" || name == "positions" || name == "labels" ||
+      name == "loss_mask")
+    return blm::Role::Input;
+  if (name == "lr" || name == "step" || name == "grad_scale")
+    return blm::Role::Hyperparameter;
+  if (name.rfind("exp_avg", 0) == 0 || name.rfind("momentum_buffer.", 0) == 0 ||
+      name.rfind("grad.", 0) == 0)
+    return blm::Role::OptimizerState;
+  return blm::Role::Parameter;
+}
+
+/// CPU targets: train/eval/accumulate/apply compiled to one shared object,
+/// frozen weights (f32 for now), signatures and a one-dispatch schedule per
+/// entry point, written as a .blm.
+static int compileCpuArtifact(CompileArgs &args, const Model &model,
+                              mlir::ModuleOp module) {
+  if (args.seqLen < 2 || args.batch < 1)
+    throw FormatError("", "--seq-len",
+                      "CPU targets compile for one shape: give --seq-len "
+                      "(>= 2) and --batch");
+  mlir::PassManager pm(module.getContext());
+  LoomSpecializeShapesOptions shapes;
+  shapes.batch = args.batch;
+  shapes.seqLen = args.seqLen;
+  pm.addPass(createLoomSpecializeShapes(shapes));
+  if (mlir::failed(pm.run(module)))
+    throw FormatError(args.model, "specialize", "the phase failed");
+  std::vector<std::string> entries = {"train_step", "eval_step",
+                                      "accumulate_step", "apply_step"};
+  native::NativeTarget target = native::resolveNativeTarget(
+      args.target, args.cpu.empty() ? "generic" : args.cpu);
+  codegen::cpu::CompiledCpuModule compiled =
+      codegen::cpu::compileForCpu(module, target, entries);
+
+  blm::ArtifactBuilder builder;
+  builder.setProducer("bitloom");
+  blm::TargetInfo info;
+  info.name = args.target;
+  info.cpu = target.cpu;
+  llvm::SmallVector<llvm::StringRef> features;
+  llvm::StringRef(target.features).split(features, ',', -1, false);
+  for (llvm::StringRef f : features)
+    info.features.push_back(f.str());
+  builder.setTarget(info);
+  const ModelConfig &c = model.config();
+  blm::ModelConfig mc;
+  mc.vocabSize = c.vocabSize;
+  mc.hiddenSize = c.hiddenSize;
+  mc.intermediateSize = c.intermediateSize;
+  mc.numLayers = c.numLayers;
+  mc.numHeads = c.numHeads;
+  mc.numKvHeads = c.numKvHeads;
+  mc.headDim = c.headDim;
+  mc.maxPositionEmbeddings = c.maxPositionEmbeddings;
+  mc.ropeTheta = c.ropeTheta;
+  mc.rmsNormEps = c.rmsNormEps;
+  mc.tieWordEmbeddings = c.tieWordEmbeddings;
+  mc.hiddenAct = c.hiddenAct;
+  mc.weightQuant = c.weightQuant == WeightQuant::Online ? "online" : "offline";
+  mc.bosTokenId = c.bosTokenId.value_or(-1);
+  mc.eosTokenId = c.eosTokenId.value_or(-1);
+  builder.setModelConfig(mc);
+  blm::LoraConfig lc;
+  lc.rank = uint32_t(args.lora.rank);
+  lc.alpha = args.lora.alpha;
+  lc.dropout = args.lora.dropout;
+  lc.targets = args.lora.rank > 0 ? parseLoRATargets(args.targets)
+                                  : std::vector<std::string>{};
+  lc.trainable = args.optimizer.trainable;
+  builder.setLoraConfig(lc);
+  blm::CompileOptions co;
+  co.seqLen = uint64_t(args.seqLen);
+  co.batchSize = uint64_t(args.batch);
+  co.optimizer = args.optimizer.optimizer;
+  builder.setCompileOptions(co);
+  builder.addMetadata("source_model", fs::absolute(args.model).string());
+
+  blm::ExecutableInfo exe;
+  exe.name = "train";
+  exe.format = "elf-shared";
+  for (const std::string &entry : entries)
+    exe.kernels.push_back({entry + "_packed",
+                           {1, 1, 1},
+                           {1, 1, 1},
+                           fs::absolute(args.model).string() + ": @" + entry});
+  uint32_t exeIndex = builder.addExecutable(exe, compiled.sharedObject);
+
+  // Frozen weights, dequantized to f32 and streamed tensor by tensor.
+  std::map<std::string, uint32_t> weightIndex;
+  for (const codegen::cpu::FunctionSignature &f : compiled.functions)
+    for (const codegen::cpu::TensorSignature &a : f.args) {
+      if (!a.isWeight || weightIndex.count(a.name))
+        continue;
+      const ModelTensor *t = model.find(a.name);
+      if (!t)
+        throw FormatError(model.path(), a.name, "weight not in the model");
+      uint64_t bytes = uint64_t(a.numElements()) * sizeof(float);
+      weightIndex[a.name] = builder.addParameter(
+          {a.name, "f32", a.shape, false}, bytes,
+          [&model, t](blm::BlobWriter &out) {
+            std::vector<float> values(t->numElements());
+            model.dequantize(*t, values.data());
+            out.write(values.data(), values.size() * sizeof(float));
+          });
+    }
+
+  for (size_t e = 0; e < entries.size(); ++e) {
+    const codegen::cpu::FunctionSignature &f = compiled.functions[e];
+    blm::EntryPointInfo entry;
+    entry.name = f.name;
+    blm::DispatchInfo dispatch;
+    dispatch.executable = exeIndex;
+    dispatch.kernel = uint32_t(e);
+    dispatch.op = "@" + f.name;
+    auto sig = [](const codegen::cpu::TensorSignature &t, blm::Role role) {
+      return blm::TensorSignature{t.name, t.isInt ? "i32" : "f32", t.shape,
+                                  role};
+    };
+    for (const codegen::cpu::TensorSignature &a : f.args) {
+      uint64_t size = uint64_t(a.numElements()) * 4;
+      if (a.isWeight) {
+        dispatch.bindings.push_back({blm::BindingSource::Parameter,
+                                     weightIndex.at(a.name), 0, size,
+                                     blm::Access::Read});
+        continue;
+      }
+      dispatch.bindings.push_back({blm::BindingSource::Argument,
+                                   uint32_t(entry.arguments.size()), 0, size,
+                                   blm::Access::Read});
+      entry.arguments.push_back(sig(a, roleOf(a.name)));
+    }
+    for (const codegen::cpu::TensorSignature &r : f.results) {
+      dispatch.bindings.push_back(
+          {blm::BindingSource::Result, uint32_t(entry.results.size()), 0,
+           uint64_t(r.numElements()) * 4, blm::Access::Write});
+      entry.results.push_back(sig(r, blm::Role::Output));
+    }
+    entry.dispatches.push_back(std::move(dispatch));
+    builder.addEntryPoint(std::move(entry));
+  }
+  builder.write(args.output);
+  std::printf("compiled %s for %s (%s) to %s: %zu entry points, %zu bytes of "
+              "native code\n",
+              args.model.c_str(), args.target.c_str(), target.cpu.c_str(),
+              args.output.c_str(), entries.size(),
+              compiled.sharedObject.size());
+  return 0;
+}
+
 int runCompile(CompileArgs &args) {
-  requireReferenceTarget(args.target);
+  bool cpu = args.target == "cpu-x86_64" || args.target == "cpu-arm64";
+  requireExecutableTarget(args.target);
   int last = -1;
   for (int i = 0; i < 3; ++i)
     if (args.compileTo == kPhases[i])
@@ -104,6 +266,10 @@ int runCompile(CompileArgs &args) {
             .string();
     writeFileAtomically(path, text.data(), text.size());
   };
+  // CPU artifacts need the training entry points but no @generate_step
+  // (cached attention has no CPU lowering yet).
+  if (cpu)
+    last = std::min(last, 1);
   for (int phase = 0; phase <= last; ++phase) {
     mlir::PassManager pm(&context);
     if (phase == 0) {
@@ -126,6 +292,8 @@ int runCompile(CompileArgs &args) {
                         "the phase failed (see the diagnostics above)");
     dump(phase);
   }
+  if (cpu)
+    return compileCpuArtifact(args, *model, *module);
   std::string text = printModule(*module);
   writeFileAtomically(args.output, text.data(), text.size());
   std::printf("compiled %s for %s (through %s) to %s\n", args.model.c_str(),

@@ -7,6 +7,8 @@
 #include "Commands.h"
 #include "ImportModel.h"
 
+#include "artifact/Artifact.h"
+#include "artifact/Describe.h"
 #include "dialects/loom/LoomDialect.h"
 #include "formats/Error.h"
 #include "formats/Gguf.h"
@@ -174,6 +176,13 @@ int runImport(const ImportArgs &args) {
 //===----------------------------------------------------------------------===//
 
 int runInspect(const std::string &path, bool stats) {
+  if (std::filesystem::path(path).extension() == ".blm") {
+    std::unique_ptr<blm::Artifact> artifact = blm::Artifact::open(path);
+    if (stats)
+      artifact->verify(/*full=*/true); // every weight's checksum
+    blm::describeArtifact(*artifact, std::cout);
+    return 0;
+  }
   std::unique_ptr<Model> model = Model::open(path);
   std::printf("format: %s\n",
               model->format() == ModelFormat::Gguf ? "gguf" : "huggingface");
@@ -290,7 +299,9 @@ int main(int argc, char **argv) {
   bool inspectStats = false;
   auto *inspect =
       app.add_subcommand("inspect", "list a model's metadata and tensors");
-  inspect->add_option("model", inspectPath, "model directory or .gguf file")
+  inspect
+      ->add_option("model", inspectPath,
+                   "model directory, .gguf file or compiled .blm")
       ->required();
   inspect->add_flag("--stats", inspectStats,
                     "count, sum and sum of squares of dequantized values");
