@@ -16,6 +16,7 @@ tools = [
 config.environment["PATH"] = os.pathsep.join(
     [os.path.join(config.bitloom_tools_dir, "bitloom-opt"),
      os.path.join(config.bitloom_tools_dir, "bitloom"),
+     os.path.join(config.bitloom_tools_dir, "bitloom-run"),
      config.llvm_tools_dir, config.environment.get("PATH", os.environ["PATH"])])
 config.substitutions.append(("%inputs", os.path.join(config.test_source_root, "Inputs")))
 config.substitutions.append(("%srcroot", config.bitloom_src_dir))

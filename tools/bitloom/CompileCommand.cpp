@@ -24,10 +24,14 @@
 #include "mlir/Pass/PassManager.h"
 #include "llvm/Support/raw_ostream.h"
 
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <map>
+#include <sstream>
 
 namespace fs = std::filesystem;
 
@@ -163,6 +167,35 @@ static int compileCpuArtifact(CompileArgs &args, const Model &model,
   co.optimizer = args.optimizer.optimizer;
   builder.setCompileOptions(co);
   builder.addMetadata("source_model", fs::absolute(args.model).string());
+  // The device needs the tokenizer and the chat template to read data.
+  if (fs::is_directory(args.model)) {
+    auto slurp = [](const fs::path &path) {
+      std::ifstream in(path, std::ios::binary);
+      std::stringstream ss;
+      ss << in.rdbuf();
+      return ss.str();
+    };
+    fs::path dir(args.model);
+    if (fs::exists(dir / "tokenizer.json"))
+      builder.addMetadata("tokenizer.json", slurp(dir / "tokenizer.json"));
+    if (fs::exists(dir / "tokenizer_config.json")) {
+      nlohmann::json config = nlohmann::json::parse(
+          slurp(dir / "tokenizer_config.json"), nullptr, false);
+      auto text = [&](const char *key) -> std::string {
+        if (!config.is_object() || !config.contains(key))
+          return "";
+        const nlohmann::json &v = config[key];
+        if (v.is_string())
+          return v.get<std::string>();
+        if (v.is_object() && v.contains("content") && v["content"].is_string())
+          return v["content"].get<std::string>();
+        return "";
+      };
+      for (const char *key : {"chat_template", "bos_token", "eos_token"})
+        if (!text(key).empty())
+          builder.addMetadata(key, text(key));
+    }
+  }
 
   blm::ExecutableInfo exe;
   exe.name = "train";
