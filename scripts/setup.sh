@@ -12,6 +12,7 @@ packages=(
   libcli11-dev nlohmann-json3-dev libgtest-dev libgmock-dev
   flatbuffers-compiler libflatbuffers-dev
   python3 python3-numpy python3-torch
+  g++-aarch64-linux-gnu qemu-user file
 )
 missing=()
 for p in "${packages[@]}"; do
