@@ -470,8 +470,7 @@ int64_t attentionProbs(const T *q, const T *k, int64_t b, int64_t t, int64_t h,
   const int64_t count = causal ? t + 1 + (kvLen - qLen) : kvLen;
   // qRow: the query's row when it differs from its causal index t (cached
   // attention, where t is the absolute position).
-  const T *qv =
-      q + ((b * qLen + (qRow < 0 ? t : qRow)) * qHeads + h) * headDim;
+  const T *qv = q + ((b * qLen + (qRow < 0 ? t : qRow)) * qHeads + h) * headDim;
   p.assign(static_cast<size_t>(count), T(0));
   T maxScore = -std::numeric_limits<T>::infinity();
   for (int64_t s = 0; s < count; ++s) {
@@ -556,17 +555,17 @@ void cachedAttention(const T *q, const T *k, const T *v, T *kCache, T *vCache,
         const T *cacheBatch = kCache + b * maxLen * kvWidth;
         detail::attentionProbs(q + b * qLen * qHeads * headDim, cacheBatch,
                                /*b=*/0, /*t=*/count - 1, h, /*qLen=*/count,
-                               /*kvLen=*/count, qHeads, kvHeads, headDim,
-                               scale, true, p, /*qRow=*/t);
+                               /*kvLen=*/count, qHeads, kvHeads, headDim, scale,
+                               true, p, /*qRow=*/t);
         const int64_t kvh = h / group;
         T *o = out + ((b * qLen + t) * qHeads + h) * headDim;
         for (int64_t d = 0; d < headDim; ++d) {
           detail::Acc acc = 0;
           for (int64_t s = 0; s < count; ++s)
-            acc += static_cast<detail::Acc>(p[s]) *
-                   static_cast<detail::Acc>(
-                       vCache[((b * maxLen + s) * kvHeads + kvh) * headDim +
-                              d]);
+            acc +=
+                static_cast<detail::Acc>(p[s]) *
+                static_cast<detail::Acc>(
+                    vCache[((b * maxLen + s) * kvHeads + kvh) * headDim + d]);
           o[d] = static_cast<T>(acc);
         }
       }

@@ -16,6 +16,7 @@
 #include "trainer/Adapter.h"
 #include "trainer/ChatTemplate.h"
 #include "trainer/Dataset.h"
+#include "trainer/LearningRate.h"
 #include "trainer/Metrics.h"
 
 #include <CLI/CLI.hpp>
@@ -49,20 +50,6 @@ struct Buffer {
   std::vector<int32_t> i;
   void *data() { return isInt ? (void *)i.data() : (void *)f.data(); }
 };
-
-double scheduledLr(const TrainArgs &a, int64_t step, int64_t total) {
-  if (step < a.warmup)
-    return a.lr * double(step) / double(std::max<int64_t>(1, a.warmup));
-  double progress =
-      double(step - a.warmup) / double(std::max<int64_t>(1, total - a.warmup));
-  if (a.schedule == "linear")
-    return a.lr * std::max(0.0, 1.0 - progress);
-  if (a.schedule == "cosine")
-    return a.lr * std::max(0.0, 0.5 * (1.0 + std::cos(M_PI * progress)));
-  if (a.schedule != "constant")
-    throw FormatError("", "--lr-schedule", "constant, linear or cosine");
-  return a.lr;
-}
 
 std::string metadata(const blm::Artifact &artifact, const std::string &key) {
   for (auto &[k, v] : artifact.metadata())
@@ -194,7 +181,8 @@ int runTrain(const TrainArgs &args) {
         labels.i[k] = t + 1 < seqLen ? batch.ids[k + 1] : 0;
         mask.f[k] = t + 1 < seqLen ? batch.lossMask[k + 1] : 0.0f;
       }
-    double lr = scheduledLr(args, step, total);
+    double lr = trainer::scheduledLearningRate(args.schedule, args.lr, step,
+                                               args.warmup, total);
     argsBuf[argIndex.at("lr")].f[0] = float(lr);
     argsBuf[argIndex.at("step")].f[0] = float(step + 1);
     run(bindings.data());

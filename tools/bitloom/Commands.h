@@ -74,9 +74,6 @@ class Tokenizer;
 /// The tokenizer of a model: tokenizer.json beside a HF checkpoint, or the
 /// vocabulary inside a GGUF file.
 std::unique_ptr<Tokenizer> openTokenizer(const std::string &modelPath);
-/// Hugging Face's schedules with linear warmup (step counts from 0).
-double scheduledLearningRate(const std::string &schedule, double peak,
-                             int64_t step, int64_t warmup, int64_t total);
 
 } // namespace bitloom
 

@@ -12,6 +12,7 @@
 #include "formats/Gguf.h"
 #include "formats/MappedFile.h"
 #include "tokenizer/Tokenizer.h"
+#include "trainer/LearningRate.h"
 
 #include <nlohmann/json.hpp>
 
@@ -36,25 +37,6 @@ std::unique_ptr<Tokenizer> openTokenizer(const std::string &modelPath) {
     return Tokenizer::fromHfJson(modelPath);
   GgufFile gguf = GgufFile::open(modelPath);
   return Tokenizer::fromGguf(gguf);
-}
-
-double scheduledLearningRate(const std::string &schedule, double peak,
-                             int64_t step, int64_t warmup, int64_t total) {
-  // Hugging Face's get_{constant,linear,cosine}_schedule_with_warmup:
-  // `step` counts from 0, warmup ramps linearly from 0.
-  if (step < warmup)
-    return peak * double(step) / double(std::max<int64_t>(1, warmup));
-  if (schedule == "constant")
-    return peak;
-  double progress =
-      double(step - warmup) / double(std::max<int64_t>(1, total - warmup));
-  if (schedule == "linear")
-    return peak * std::max(0.0, 1.0 - progress);
-  if (schedule == "cosine")
-    return peak * std::max(0.0, 0.5 * (1.0 + std::cos(M_PI * progress)));
-  throw FormatError("", "--lr-schedule",
-                    "unknown schedule '" + schedule +
-                        "' (constant, linear or cosine)");
 }
 
 void addTrainCommand(CLI::App &app, TrainArgs &args) {
@@ -190,8 +172,8 @@ int runTrain(TrainArgs &args) {
       }
       microBatches.push_back(makeBatch(batchIds, &batchMask));
     }
-    double lr =
-        scheduledLearningRate(args.schedule, args.lr, step, args.warmup, total);
+    double lr = trainer::scheduledLearningRate(args.schedule, args.lr, step,
+                                               args.warmup, total);
     TrainingSession::StepResult r =
         session.stepAccumulated(microBatches, float(lr));
     nlohmann::json line = {{"step", step + 1},
