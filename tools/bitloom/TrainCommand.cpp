@@ -192,7 +192,8 @@ int runTrain(TrainArgs &args) {
   for (const auto &[name, value] : session.parameters())
     if (name.find(".lora_") != std::string::npos)
       adapter[name] = value;
-  savePeftAdapter(args.out, lora, adapter, fs::absolute(args.model).string());
+  savePeftAdapter(args.out, lora, adapter, fs::absolute(args.model).string(),
+                  model->config());
   std::printf("saved PEFT adapter to %s (metrics: %s)\n", args.out.c_str(),
               metricsPath.c_str());
   return 0;

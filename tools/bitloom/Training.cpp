@@ -6,6 +6,7 @@
 #include "formats/MappedFile.h"
 #include "formats/Safetensors.h"
 #include "passes/Passes.h"
+#include "trainer/Adapter.h"
 
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/IR/Verifier.h"
@@ -92,109 +93,34 @@ Batch makeBatch(const std::vector<std::vector<int32_t>> &ids,
 // PEFT adapters
 //===----------------------------------------------------------------------===//
 
-Adapter loadPeftAdapter(const std::string &dir) {
-  std::string configPath = (fs::path(dir) / "adapter_config.json").string();
-  std::string weightsPath =
-      (fs::path(dir) / "adapter_model.safetensors").string();
-  std::ifstream in(configPath);
-  if (!in)
-    throw FormatError(configPath, "",
-                      "cannot open (is --adapter a PEFT "
-                      "adapter directory?)");
-  nlohmann::json config;
-  try {
-    config = nlohmann::json::parse(in);
-  } catch (const std::exception &e) {
-    throw FormatError(configPath, "", std::string("invalid JSON: ") + e.what());
-  }
+Adapter loadPeftAdapter(const std::string &path, const ModelConfig *model) {
+  trainer::LoadedAdapter loaded = trainer::importAdapter(path, model);
   Adapter adapter;
-  auto number = [&](const char *key) -> double {
-    if (!config.contains(key) || !config[key].is_number())
-      throw FormatError(configPath, key, "missing or not a number");
-    return config[key].get<double>();
-  };
-  if (config.value("peft_type", "LORA") != "LORA")
-    throw FormatError(configPath, "peft_type",
-                      "only LORA adapters are supported");
-  adapter.options.rank = int64_t(number("r"));
-  adapter.options.alpha = number("lora_alpha");
-  adapter.options.dropout = config.value("lora_dropout", 0.0);
-  if (config.value("use_rslora", false))
-    throw FormatError(configPath, "use_rslora",
-                      "rank-stabilized LoRA is not supported");
-  if (adapter.options.rank <= 0)
-    throw FormatError(configPath, "r", "must be positive");
-  if (!config.contains("target_modules"))
-    throw FormatError(configPath, "target_modules", "missing");
-  const nlohmann::json &targets = config["target_modules"];
-  std::string spec;
-  if (targets.is_string()) {
-    spec = targets.get<std::string>();
-    if (spec == "all-linear")
-      spec = "all";
-  } else if (targets.is_array()) {
-    for (const auto &t : targets) {
-      if (!t.is_string())
-        throw FormatError(configPath, "target_modules", "not a string list");
-      spec += (spec.empty() ? "" : ",") + t.get<std::string>();
-    }
-  } else {
-    throw FormatError(configPath, "target_modules", "not a list");
-  }
-  try {
-    adapter.options.targets = parseLoRATargets(spec);
-  } catch (const FormatError &e) {
-    throw FormatError(configPath, "target_modules", e.what());
-  }
-
-  SafetensorsFile weights = SafetensorsFile::open(weightsPath);
-  for (const SafetensorsTensor &t : weights.tensors()) {
-    if (t.dtype != DType::F32 && t.dtype != DType::F16 &&
-        t.dtype != DType::BF16)
-      throw FormatError(weightsPath, t.name,
-                        std::string("dtype ") + dtypeName(t.dtype) +
-                            " (LoRA weights must be F32, F16 or BF16)");
+  adapter.options.rank = loaded.config.rank;
+  adapter.options.alpha = loaded.config.alpha;
+  adapter.options.dropout = loaded.config.dropout;
+  adapter.options.targets = loaded.config.targets;
+  for (auto &[name, t] : loaded.tensors) {
     HostTensor tensor = HostTensor::floats(t.shape);
-    dequantize(t.dtype, t.data, tensor.data.data(), t.numElements());
-    adapter.tensors[t.name] = std::move(tensor);
+    tensor.data = std::move(t.data);
+    adapter.tensors[name] = std::move(tensor);
   }
   return adapter;
 }
 
 void savePeftAdapter(const std::string &dir, const LoRAOptions &options,
                      const std::map<std::string, HostTensor> &tensors,
-                     const std::string &baseModel) {
-  fs::create_directories(dir);
-  std::vector<SafetensorsEntry> entries;
+                     const std::string &baseModel, const ModelConfig &model) {
+  trainer::LoraConfig lora;
+  lora.rank = options.rank;
+  lora.alpha = options.alpha;
+  lora.dropout = options.dropout;
+  lora.targets = options.targets;
+  lora.baseModel = baseModel;
+  trainer::TensorMap map;
   for (const auto &[name, t] : tensors)
-    entries.push_back({name, DType::F32, t.shape, t.data.data(),
-                       t.data.size() * sizeof(float)});
-  writeSafetensors((fs::path(dir) / "adapter_model.safetensors").string(),
-                   entries, {{"format", "pt"}});
-  nlohmann::json targets = nlohmann::json::array();
-  for (const ProjectionName &p : projectionNames())
-    if (std::find(options.targets.begin(), options.targets.end(),
-                  p.shortName) != options.targets.end())
-      targets.push_back(std::string(p.hfModule)
-                            .substr(std::string(p.hfModule).find('.') + 1));
-  nlohmann::ordered_json config = {
-      {"base_model_name_or_path", baseModel},
-      {"bias", "none"},
-      {"fan_in_fan_out", false},
-      {"inference_mode", true},
-      {"init_lora_weights", true},
-      {"lora_alpha", options.alpha},
-      {"lora_dropout", options.dropout},
-      {"modules_to_save", nullptr},
-      {"peft_type", "LORA"},
-      {"r", options.rank},
-      {"target_modules", targets},
-      {"task_type", "CAUSAL_LM"},
-      {"use_rslora", false},
-  };
-  std::string text = config.dump(2) + "\n";
-  writeFileAtomically((fs::path(dir) / "adapter_config.json").string(),
-                      text.data(), text.size());
+    map[name] = {t.shape, t.data};
+  trainer::exportPeftAdapter(dir, lora, map, model);
 }
 
 //===----------------------------------------------------------------------===//

@@ -42,15 +42,18 @@ struct Adapter {
   std::map<std::string, HostTensor> tensors; // PEFT names
 };
 
-/// Reads adapter_config.json + adapter_model.safetensors from `dir`.
-/// Tensor names are PEFT's (GGUF models map onto the same HF names).
-Adapter loadPeftAdapter(const std::string &dir);
+/// Reads a PEFT adapter directory or a llama.cpp GGUF LoRA file (the
+/// runtime trainer's importAdapter); tensors under PEFT names, which GGUF
+/// base models share through their Hugging Face names. With `model`, shapes
+/// are validated against it.
+Adapter loadPeftAdapter(const std::string &path,
+                        const ModelConfig *model = nullptr);
 
-/// Writes `dir`/adapter_model.safetensors and adapter_config.json (created
-/// atomically, file by file).
+/// Writes `dir`/adapter_model.safetensors and adapter_config.json (each
+/// atomically), validated against `model`.
 void savePeftAdapter(const std::string &dir, const LoRAOptions &options,
                      const std::map<std::string, HostTensor> &tensors,
-                     const std::string &baseModel);
+                     const std::string &baseModel, const ModelConfig &model);
 
 struct OptimizerOptions {
   std::string trainable = "lora"; // lora | lora+norm | all
