@@ -178,23 +178,6 @@ void putValue(Bytes &b, const GgufValue &v) {
     putScalar(b, v.elementType, e);
 }
 
-std::optional<DType> ggmlToDType(GgmlType t) {
-  switch (t) {
-  case GgmlType::F32:
-    return DType::F32;
-  case GgmlType::F16:
-    return DType::F16;
-  case GgmlType::BF16:
-    return DType::BF16;
-  case GgmlType::TQ1_0:
-    return DType::TQ1_0;
-  case GgmlType::TQ2_0:
-    return DType::TQ2_0;
-  default:
-    return std::nullopt;
-  }
-}
-
 } // namespace
 
 //===----------------------------------------------------------------------===//
@@ -241,7 +224,7 @@ void SafetensorsStreamWriter::write(const std::string &path,
 
 void GgufStreamWriter::add(std::string name, GgmlType type,
                            std::vector<int64_t> dims) {
-  std::optional<DType> dt = ggmlToDType(type);
+  std::optional<DType> dt = ggmlTypeToDType(uint32_t(type));
   if (!dt)
     throw std::logic_error("GgufStreamWriter: unsupported type for " + name);
   uint64_t bytes = dtypeStorageBytes(*dt, numElements(dims));

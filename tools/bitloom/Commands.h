@@ -13,6 +13,15 @@
 
 namespace bitloom {
 
+/// --lora-rank, --lora-alpha, --lora-targets: shared by every command that
+/// builds adapters.
+void addLoRAOptions(CLI::App *cmd, LoRAOptions &lora, std::string &targets);
+/// --trainable, --optimizer, --weight-decay (into `weightDecay`; its default
+/// is shown when `showDecayDefault`), --momentum, --max-grad-norm.
+void addOptimizerOptions(CLI::App *cmd, OptimizerOptions &optimizer,
+                         double &weightDecay, bool showDecayDefault,
+                         const std::string &decayHelp = "weight decay");
+
 struct StepArgs {
   CLI::App *command = nullptr;
   std::string model, target = "reference", tokens, mask, adapter, out;

@@ -52,25 +52,9 @@ void addCompileCommand(CLI::App &app, CompileArgs &args) {
                   "CPU to tune for: native | generic | an LLVM CPU name");
   cmd->add_option("--seq-len", args.seqLen, "tokens per sequence (CPU)");
   cmd->add_option("--batch", args.batch, "sequences per step (CPU)");
-  cmd->add_option("--lora-rank", args.lora.rank, "LoRA rank")
-      ->capture_default_str();
-  cmd->add_option("--lora-alpha", args.lora.alpha, "LoRA alpha")
-      ->capture_default_str();
-  cmd->add_option("--lora-targets", args.targets,
-                  "q,k,v,o,gate,up,down | attn | ffn | all")
-      ->capture_default_str();
-  cmd->add_option("--trainable", args.optimizer.trainable,
-                  "lora | lora+norm | all")
-      ->capture_default_str();
-  cmd->add_option("--optimizer", args.optimizer.optimizer, "adamw | sgd")
-      ->capture_default_str();
-  cmd->add_option("--weight-decay", args.optimizer.weightDecay, "weight decay")
-      ->capture_default_str();
-  cmd->add_option("--momentum", args.optimizer.momentum, "SGD momentum")
-      ->capture_default_str();
-  cmd->add_option("--max-grad-norm", args.optimizer.maxGradNorm,
-                  "clip the global gradient norm (0: off)")
-      ->capture_default_str();
+  addLoRAOptions(cmd, args.lora, args.targets);
+  addOptimizerOptions(cmd, args.optimizer, args.optimizer.weightDecay,
+                      /*showDecayDefault=*/true);
   cmd->add_option("--max-tokens", args.maxTokens,
                   "KV cache length of @generate_step")
       ->capture_default_str();

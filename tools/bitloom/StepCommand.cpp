@@ -32,34 +32,45 @@ void addStepCommand(CLI::App &app, StepArgs &args) {
                   "0/1 per token; 0 at i removes token i as a target");
   cmd->add_option("--adapter", args.adapter,
                   "start from a PEFT adapter directory");
-  cmd->add_option("--lora-rank", args.lora.rank, "LoRA rank")
-      ->capture_default_str();
-  cmd->add_option("--lora-alpha", args.lora.alpha, "LoRA alpha")
-      ->capture_default_str();
-  cmd->add_option("--lora-targets", args.targets,
-                  "q,k,v,o,gate,up,down | attn | ffn | all")
-      ->capture_default_str();
+  addLoRAOptions(cmd, args.lora, args.targets);
   cmd->add_option("--steps", args.steps, "optimizer steps")
       ->capture_default_str();
   cmd->add_option("--lr", args.lr, "learning rate")->capture_default_str();
   cmd->add_option("--grad-accum", args.gradAccum,
                   "split the batch into K micro-batches; one update")
       ->capture_default_str();
-  cmd->add_option("--weight-decay", args.weightDecay,
-                  "weight decay (default: 0.01 for adamw, 0 for sgd)");
-  cmd->add_option("--optimizer", args.optimizer.optimizer, "adamw | sgd")
-      ->capture_default_str();
-  cmd->add_option("--momentum", args.optimizer.momentum, "SGD momentum")
-      ->capture_default_str();
-  cmd->add_option("--max-grad-norm", args.optimizer.maxGradNorm,
-                  "clip the global gradient norm (0: off)")
-      ->capture_default_str();
-  cmd->add_option("--trainable", args.optimizer.trainable,
-                  "lora | lora+norm | all")
-      ->capture_default_str();
+  addOptimizerOptions(cmd, args.optimizer, args.weightDecay,
+                      /*showDecayDefault=*/false,
+                      "weight decay (default: 0.01 for adamw, 0 for sgd)");
   cmd->add_option("--seed", args.seed, "seed for LoRA initialization")
       ->capture_default_str();
   cmd->add_option("--out", args.out, "output .safetensors")->required();
+}
+
+void addLoRAOptions(CLI::App *cmd, LoRAOptions &lora, std::string &targets) {
+  cmd->add_option("--lora-rank", lora.rank, "LoRA rank")->capture_default_str();
+  cmd->add_option("--lora-alpha", lora.alpha, "LoRA alpha")
+      ->capture_default_str();
+  cmd->add_option("--lora-targets", targets,
+                  "q,k,v,o,gate,up,down | attn | ffn | all")
+      ->capture_default_str();
+}
+
+void addOptimizerOptions(CLI::App *cmd, OptimizerOptions &optimizer,
+                         double &weightDecay, bool showDecayDefault,
+                         const std::string &decayHelp) {
+  cmd->add_option("--trainable", optimizer.trainable, "lora | lora+norm | all")
+      ->capture_default_str();
+  cmd->add_option("--optimizer", optimizer.optimizer, "adamw | sgd")
+      ->capture_default_str();
+  auto *decay = cmd->add_option("--weight-decay", weightDecay, decayHelp);
+  if (showDecayDefault)
+    decay->capture_default_str();
+  cmd->add_option("--momentum", optimizer.momentum, "SGD momentum")
+      ->capture_default_str();
+  cmd->add_option("--max-grad-norm", optimizer.maxGradNorm,
+                  "clip the global gradient norm (0: off)")
+      ->capture_default_str();
 }
 
 /// Targets `bitloom step` can run on today; compiled targets join as they

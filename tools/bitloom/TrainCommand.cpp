@@ -65,23 +65,9 @@ void addTrainCommand(CLI::App &app, TrainArgs &args) {
       ->capture_default_str();
   cmd->add_option("--warmup", args.warmup, "warmup steps")
       ->capture_default_str();
-  cmd->add_option("--lora-rank", args.lora.rank, "LoRA rank")
-      ->capture_default_str();
-  cmd->add_option("--lora-alpha", args.lora.alpha, "LoRA alpha")
-      ->capture_default_str();
-  cmd->add_option("--lora-targets", args.targets,
-                  "q,k,v,o,gate,up,down | attn | ffn | all")
-      ->capture_default_str();
-  cmd->add_option("--trainable", args.optimizer.trainable,
-                  "lora | lora+norm | all")
-      ->capture_default_str();
-  cmd->add_option("--optimizer", args.optimizer.optimizer, "adamw | sgd")
-      ->capture_default_str();
-  cmd->add_option("--weight-decay", args.optimizer.weightDecay, "weight decay")
-      ->capture_default_str();
-  cmd->add_option("--max-grad-norm", args.optimizer.maxGradNorm,
-                  "clip the global gradient norm (0: off)")
-      ->capture_default_str();
+  addLoRAOptions(cmd, args.lora, args.targets);
+  addOptimizerOptions(cmd, args.optimizer, args.optimizer.weightDecay,
+                      /*showDecayDefault=*/true);
   cmd->add_option("--seed", args.seed, "seed (LoRA init, data order)")
       ->capture_default_str();
   cmd->add_option("--metrics", args.metrics,
