@@ -21,11 +21,15 @@
 #include "passes/Passes.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Bufferization/IR/Bufferization.h"
+#include "mlir/Dialect/LLVMIR/LLVMDialect.h"
 #include "mlir/Dialect/Linalg/IR/Linalg.h"
+#include "mlir/Dialect/MemRef/IR/MemRef.h"
 #include "mlir/Dialect/Math/IR/Math.h"
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
 #include "mlir/IR/ImplicitLocOpBuilder.h"
 #include "llvm/ADT/StringMap.h"
+#include "llvm/ADT/StringSet.h"
 #include "llvm/ADT/TypeSwitch.h"
 
 #include <limits>
@@ -95,11 +99,27 @@ struct Scalar {
   Value roundEven(Value x) { return math::RoundEvenOp::create(b, loc, x); }
 };
 
+/// With `ukernels`, the products that carry the FLOPs become calls into the
+/// runtime's micro-kernels (runtime/ukernels/Ukernels.h), made on tensors
+/// through bufferization.to_buffer / to_tensor so one-shot bufferization
+/// places every buffer. Frozen bitlinear weights arrive packed ("i2x128",
+/// 2 bits per weight) with their per-tensor multiplier as a 0-d argument.
+struct UkernelContext {
+  /// Packed weight argument -> its multiplier argument.
+  llvm::DenseMap<Value, Value> multiplierOf;
+  /// External functions the calls need, declared once per module.
+  llvm::StringMap<FunctionType> declarations;
+};
+
+/// Bytes of one packed "i2x128" row of `k` ternary weights (the ukernels'
+/// bitloom_uk_packed_row_bytes).
+int64_t packedRowBytes(int64_t k) { return (k + 127) / 128 * 32; }
+
 /// Builds the upstream form of one loom op at a time.
 class Lowering {
 public:
-  explicit Lowering(OpBuilder &builder, Location loc)
-      : b(builder), loc(loc), s{builder, loc} {}
+  explicit Lowering(OpBuilder &builder, Location loc, UkernelContext *uk)
+      : b(builder), loc(loc), s{builder, loc}, uk(uk) {}
 
   FailureOr<SmallVector<Value>> lower(Operation *op);
 
@@ -107,6 +127,7 @@ private:
   OpBuilder &b;
   Location loc;
   Scalar s;
+  UkernelContext *uk;
 
   using Body = function_ref<SmallVector<Value>(Scalar &, ValueRange)>;
 
@@ -170,6 +191,85 @@ private:
                 })[0];
     return keepF64 ? acc : toF32(acc);
   }
+
+  /// op(a) · op(b) for matrices: op(a) is a [m, k] or, with `transA`, aᵀ of
+  /// a [k, m]; op(b) is b [k, n] or, with `transB`, bᵀ of b [n, k]. A
+  /// micro-kernel call (f32 accumulation) with ukernels, else `contract`.
+  Value gemm(Value a, Value bm, bool transA, bool transB) {
+    ArrayRef<int64_t> as = shapeOf(a), bs = shapeOf(bm);
+    int64_t m = transA ? as[1] : as[0], k = transA ? as[0] : as[1];
+    int64_t n = transB ? bs[0] : bs[1];
+    if (uk) {
+      Value out;
+      Value outPtr = newBuffer({m, n}, f32(), out);
+      callUkernel("bitloom_uk_matmul_f32",
+                  {pointerTo(a), pointerTo(bm), outPtr, i64(m), i64(n), i64(k),
+                   i32(transA), i32(transB), i32(0)});
+      return finish(out);
+    }
+    // Loops (m, n, k).
+    return contract(a, transA ? map(3, {2, 0}) : map(3, {0, 2}), bm,
+                    transB ? map(3, {1, 2}) : map(3, {2, 1}), {m, n},
+                    map(3, {0, 1}), {P, P, R});
+  }
+
+  Value i64(int64_t v) {
+    return arith::ConstantOp::create(b, loc, b.getI64IntegerAttr(v));
+  }
+  Value i32(int64_t v) {
+    return arith::ConstantOp::create(b, loc, b.getI32IntegerAttr(v));
+  }
+  Type ptrType() { return LLVM::LLVMPointerType::get(ctx()); }
+  MemRefType bufferType(Value tensor) {
+    auto t = cast<RankedTensorType>(tensor.getType());
+    return MemRefType::get(t.getShape(), t.getElementType());
+  }
+  /// The address of a buffer's first element.
+  Value bufferAddress(Value memref) {
+    auto meta = memref::ExtractStridedMetadataOp::create(b, loc, memref);
+    Value base = memref::ExtractAlignedPointerAsIndexOp::create(
+        b, loc, meta.getBaseBuffer());
+    auto type = cast<MemRefType>(memref.getType());
+    int64_t bytes = type.getElementTypeBitWidth() / 8;
+    Value offset = arith::MulIOp::create(b, loc, meta.getOffset(),
+                                         s.idx(bytes));
+    Value address = arith::AddIOp::create(b, loc, base, offset);
+    Value asI64 =
+        arith::IndexCastOp::create(b, loc, b.getI64Type(), address);
+    return LLVM::IntToPtrOp::create(b, loc, ptrType(), asI64);
+  }
+  /// A read-only view of a tensor's buffer for a micro-kernel.
+  Value pointerTo(Value tensor) {
+    Value memref = bufferization::ToBufferOp::create(
+        b, loc, bufferType(tensor), tensor, /*read_only=*/true);
+    return bufferAddress(memref);
+  }
+  /// A fresh buffer a micro-kernel writes; `finish` turns it into the
+  /// result tensor after the call.
+  Value newBuffer(ArrayRef<int64_t> shape, Type elt, Value &memref) {
+    memref = memref::AllocOp::create(b, loc, MemRefType::get(shape, elt),
+                                     b.getI64IntegerAttr(64));
+    return bufferAddress(memref);
+  }
+  Value finish(Value memref) {
+    auto type = cast<MemRefType>(memref.getType());
+    return bufferization::ToTensorOp::create(
+        b, loc,
+        RankedTensorType::get(type.getShape(), type.getElementType()),
+        memref, /*restrict=*/true, /*writable=*/true);
+  }
+  void callUkernel(StringRef name, ArrayRef<Value> operands) {
+    SmallVector<Type> types;
+    for (Value v : operands)
+      types.push_back(v.getType());
+    uk->declarations[name] = FunctionType::get(ctx(), types, {});
+    func::CallOp::create(b, loc, name, TypeRange{}, operands);
+  }
+  SmallVector<Value> attentionShape(Value q, Value k, int64_t heads,
+                                    int64_t kvHeads, int64_t headDim,
+                                    double scale, bool causal);
+  bool isPacked(Value weight) { return uk && uk->multiplierOf.count(weight); }
+  Value quantizeActivationsToInt8(Value x, Value &actScale);
 
   Value toF32(Value v) {
     return elementwise(v, f32(),
@@ -242,6 +342,8 @@ private:
   SmallVector<Value> loraGradParams(LoRAGradParamsOp op);
   Value rope(RoPEOp op);
   Value attention(AttentionOp op);
+  Value cacheWrite(Value cache, Value rows, ArrayRef<Value> cacheRows);
+  SmallVector<Value> cachedAttention(CachedAttentionOp op);
   SmallVector<Value> attentionGrad(AttentionGradOp op);
   Value matmul(MatmulOp op);
   Value matmulGradInput(MatmulGradInputOp op);
@@ -432,7 +534,49 @@ Value Lowering::rmsNorm(RMSNormOp op) {
   return unrows(y, op.getType());
 }
 
+/// HF ActQuant as int8 codes for the micro-kernels: per row
+/// s = (1 / max(max|x|, 1e-5)) · 127 (returned in `actScale`) and
+/// q = clamp(round(x·s), -128, 127).
+Value Lowering::quantizeActivationsToInt8(Value x, Value &actScale) {
+  ArrayRef<int64_t> shape = shapeOf(x);
+  Value maxAbs =
+      generic(x, filled({shape[0]}, f32(), 0.0), {identity(2), map(2, {0})},
+              {P, R}, [](Scalar &e, ValueRange a) -> SmallVector<Value> {
+                return {e.max(a[1], e.abs(a[0]))};
+              })[0];
+  actScale = elementwise(maxAbs, f32(),
+                         [](Scalar &e, ValueRange a) -> SmallVector<Value> {
+                           Value m = e.max(a[0], e.f32(1e-5));
+                           return {e.mul(e.div(e.f32(1.0), m), e.f32(127.0))};
+                         });
+  return generic(
+      {x, actScale}, empty(shape, b.getI8Type()),
+      {identity(2), map(2, {0}), identity(2)}, {P, P},
+      [](Scalar &e, ValueRange a) -> SmallVector<Value> {
+        Value q = e.clamp(e.roundEven(e.mul(a[0], a[1])), -128.0, 127.0);
+        return {arith::FPToSIOp::create(e.b, e.loc, e.b.getI8Type(), q)};
+      })[0];
+}
+
 Value Lowering::bitlinear(BitLinearOp op) {
+  if (isPacked(op.getWeight())) {
+    // y = Σ q·t (exact int32) · multiplier / s per row.
+    Value x = rows(op.getInput()), w = op.getWeight(), actScale;
+    Value xq = quantizeActivationsToInt8(x, actScale);
+    Value multiplier = extractScalar(uk->multiplierOf.lookup(w));
+    Value rowFactor = elementwise(
+        actScale, f32(), [&](Scalar &e, ValueRange a) -> SmallVector<Value> {
+          return {e.div(multiplier, a[0])};
+        });
+    int64_t n = shapeOf(x)[0], i = shapeOf(x)[1],
+            o = cast<RankedTensorType>(op.getType()).getShape().back();
+    Value out;
+    Value outPtr = newBuffer({n, o}, f32(), out);
+    callUkernel("bitloom_uk_ternary_matmul",
+                {pointerTo(xq), pointerTo(w), pointerTo(rowFactor), outPtr,
+                 i64(n), i64(o), i64(i)});
+    return unrows(scaleBy(finish(out), op.getOutputScale()), op.getType());
+  }
   Value x = quantizeActivations(rows(op.getInput()));
   Value w = op.getWeightQuant() == WeightQuant::online
                 ? quantizeWeight(op.getWeight())
@@ -447,11 +591,9 @@ Value Lowering::bitlinear(BitLinearOp op) {
 Value Lowering::lora(LoRAOp op) {
   Value base = rows(op.getBase()), x = rows(op.getInput());
   Value a = op.getLoraA(), bm = op.getLoraB();
-  int64_t n = shapeOf(x)[0], r = shapeOf(a)[0], o = shapeOf(bm)[0];
-  Value u = contract(x, map(3, {0, 2}), a, map(3, {1, 2}), {n, r},
-                     map(3, {0, 1}), {P, P, R});
-  Value v = contract(u, map(3, {0, 2}), bm, map(3, {1, 2}), {n, o},
-                     map(3, {0, 1}), {P, P, R});
+  int64_t n = shapeOf(x)[0], o = shapeOf(bm)[0];
+  Value u = gemm(x, a, false, true);
+  Value v = gemm(u, bm, false, true);
   double scaling = op.getScaling();
   Value y = generic({base, v}, empty({n, o}, f32()),
                     {identity(2), identity(2), identity(2)}, {P, P},
@@ -508,11 +650,31 @@ Value Lowering::rope(RoPEOp op) {
 
 /// Causal GQA: q viewed as [B, T, KVH, G, D] so that query head
 /// kvh·G + g meets kv head kvh through plain projections.
+/// The attention micro-kernels' scalar operands after their buffers.
+SmallVector<Value> Lowering::attentionShape(Value q, Value k, int64_t heads,
+                                            int64_t kvHeads, int64_t headDim,
+                                            double scale, bool causal) {
+  ArrayRef<int64_t> qs = shapeOf(q), ks = shapeOf(k);
+  return {i64(qs[0]),    i64(qs[1]),   i64(ks[1]),
+          i64(heads),    i64(kvHeads), i64(headDim),
+          s.f32(scale),  i32(causal)};
+}
+
 Value Lowering::attention(AttentionOp op) {
   Value q = op.getQuery(), k = op.getKey(), v = op.getValue();
   int64_t heads = op.getNumHeads(), kvHeads = op.getNumKvHeads(),
           headDim = op.getHeadDim(), group = heads / kvHeads;
   ArrayRef<int64_t> qs = shapeOf(q), ks = shapeOf(k);
+  if (uk) {
+    Value out;
+    SmallVector<Value> operands = {pointerTo(q), pointerTo(k), pointerTo(v),
+                                   newBuffer(qs, f32(), out)};
+    operands.append(attentionShape(q, k, heads, kvHeads, headDim,
+                                   op.getScale().convertToDouble(),
+                                   op.getCausal()));
+    callUkernel("bitloom_uk_attention", operands);
+    return finish(out);
+  }
   auto q5Type =
       RankedTensorType::get({qs[0], qs[1], kvHeads, group, headDim}, f32());
   auto k4Type = RankedTensorType::get({ks[0], ks[1], kvHeads, headDim}, f32());
@@ -533,12 +695,128 @@ Value Lowering::attention(AttentionOp op) {
                                          {{0}, {1}, head5});
 }
 
+/// A position as a cache row index, clamped to [0, maxLen) so that a bad
+/// position can neither write nor read out of bounds (the reference throws).
+static Value cacheRow(Scalar &e, Value position, int64_t maxLen) {
+  Value row = arith::MaxSIOp::create(e.b, e.loc, e.toIndex(position), e.idx(0));
+  return arith::MinSIOp::create(e.b, e.loc, row, e.idx(maxLen - 1));
+}
+
+/// cache[b, positions[b, t], :] = rows[b, t, :] for every (b, t) in order
+/// (a later duplicate position wins, as in the reference's copies), given
+/// the cache row of each (b, t): one tensor.insert_slice per token, so a
+/// decode step writes a single row.
+Value Lowering::cacheWrite(Value cache, Value rows, ArrayRef<Value> cacheRows) {
+  ArrayRef<int64_t> rs = shapeOf(rows);
+  SmallVector<OpFoldResult> sizes = {b.getIndexAttr(1), b.getIndexAttr(1),
+                                     b.getIndexAttr(rs[2])};
+  SmallVector<OpFoldResult> strides(3, b.getIndexAttr(1));
+  for (int64_t bi = 0; bi < rs[0]; ++bi)
+    for (int64_t t = 0; t < rs[1]; ++t) {
+      SmallVector<OpFoldResult> from = {b.getIndexAttr(bi), b.getIndexAttr(t),
+                                        b.getIndexAttr(0)};
+      SmallVector<OpFoldResult> to = {
+          b.getIndexAttr(bi), cacheRows[bi * rs[1] + t], b.getIndexAttr(0)};
+      Value row =
+          tensor::ExtractSliceOp::create(b, loc, rows, from, sizes, strides);
+      cache =
+          tensor::InsertSliceOp::create(b, loc, row, cache, to, sizes, strides);
+    }
+  return cache;
+}
+
+/// The reference's cachedAttention: this call's keys and values are written
+/// into the caches first, then query t attends to cache rows
+/// 0 .. positions[b, t] with attention's arithmetic (GQA view, f64 dots,
+/// exp(x - max) · (1 / Σ)). Rows past the position are masked by select, so
+/// stale cache contents never reach the result.
+SmallVector<Value> Lowering::cachedAttention(CachedAttentionOp op) {
+  Value q = op.getQuery(), positions = op.getPositions();
+  int64_t heads = op.getNumHeads(), kvHeads = op.getNumKvHeads(),
+          headDim = op.getHeadDim(), group = heads / kvHeads;
+  double scale = op.getScale().convertToDouble();
+  ArrayRef<int64_t> qs = shapeOf(q), cs = shapeOf(op.getKeyCache());
+  int64_t batch = qs[0], qLen = qs[1], maxLen = cs[1];
+  SmallVector<Value> cacheRows;
+  for (int64_t bi = 0; bi < batch; ++bi)
+    for (int64_t t = 0; t < qLen; ++t)
+      cacheRows.push_back(
+          cacheRow(s,
+                   tensor::ExtractOp::create(b, loc, positions,
+                                             ValueRange{s.idx(bi), s.idx(t)}),
+                   maxLen));
+  Value keys = cacheWrite(op.getKeyCache(), op.getKey(), cacheRows);
+  Value values = cacheWrite(op.getValueCache(), op.getValue(), cacheRows);
+  auto q5Type =
+      RankedTensorType::get({batch, qLen, kvHeads, group, headDim}, f32());
+  auto k4Type = RankedTensorType::get({batch, maxLen, kvHeads, headDim}, f32());
+  ReassociationIndices head5 = {2, 3, 4}, head4 = {2, 3};
+  Value q5 =
+      tensor::ExpandShapeOp::create(b, loc, q5Type, q, {{0}, {1}, head5});
+  Value k4 =
+      tensor::ExpandShapeOp::create(b, loc, k4Type, keys, {{0}, {1}, head4});
+  Value v4 =
+      tensor::ExpandShapeOp::create(b, loc, k4Type, values, {{0}, {1}, head4});
+  SmallVector<int64_t> pShape = {batch, kvHeads, group, qLen, maxLen};
+  // Loops (b, kvh, g, t, s, d).
+  Value dots = contract(q5, map(6, {0, 3, 1, 2, 5}), k4, map(6, {0, 4, 1, 5}),
+                        pShape, map(6, {0, 1, 2, 3, 4}), {P, P, P, P, P, R});
+  double inf = std::numeric_limits<double>::infinity();
+  // score = f32(q·k) · scale for cache rows s <= position, -inf after.
+  Value scores = generic(
+      {dots, positions}, empty(pShape, f32()),
+      {identity(5), map(5, {0, 3}), identity(5)}, {P, P, P, P, P},
+      [&](Scalar &e, ValueRange a) -> SmallVector<Value> {
+        Value visible =
+            arith::CmpIOp::create(e.b, e.loc, arith::CmpIPredicate::sle,
+                                  e.index(4), cacheRow(e, a[1], maxLen));
+        return {e.select(visible, e.mul(a[0], e.f32(scale)), e.f32(-inf))};
+      })[0];
+  // Softmax over s: exp(x - max) · (1 / Σ), PyTorch's CPU order.
+  SmallVector<int64_t> rowShape = {batch, kvHeads, group, qLen};
+  AffineMap rowMap = map(5, {0, 1, 2, 3});
+  Value max = generic(scores, filled(rowShape, f32(), -inf),
+                      {identity(5), rowMap}, {P, P, P, P, R},
+                      [](Scalar &e, ValueRange a) -> SmallVector<Value> {
+                        return {e.max(a[1], a[0])};
+                      })[0];
+  Value exps = generic({scores, max}, empty(pShape, f32()),
+                       {identity(5), rowMap, identity(5)}, {P, P, P, P, P},
+                       [](Scalar &e, ValueRange a) -> SmallVector<Value> {
+                         return {e.exp(e.sub(a[0], a[1]))};
+                       })[0];
+  Value sum = generic(exps, filled(rowShape, f64(), 0.0), {identity(5), rowMap},
+                      {P, P, P, P, R},
+                      [](Scalar &e, ValueRange a) -> SmallVector<Value> {
+                        return {e.add(a[1], e.ext(a[0]))};
+                      })[0];
+  Value probs = generic({exps, sum}, empty(pShape, f32()),
+                        {identity(5), rowMap, identity(5)}, {P, P, P, P, P},
+                        [](Scalar &e, ValueRange a) -> SmallVector<Value> {
+                          Value inv = e.div(e.f32(1.0), e.trunc(a[1]));
+                          return {e.mul(a[0], inv)};
+                        })[0];
+  // out[b, t, kvh, g, d] = Σ_{s <= position} P · v in f64;
+  // loops (b, t, kvh, g, d, s).
+  Value acc = generic(
+      {probs, v4, positions}, filled(q5Type.getShape(), f64(), 0.0),
+      {map(6, {0, 2, 3, 1, 5}), map(6, {0, 5, 2, 4}), map(6, {0, 1}),
+       map(6, {0, 1, 2, 3, 4})},
+      {P, P, P, P, P, R}, [&](Scalar &e, ValueRange a) -> SmallVector<Value> {
+        Value visible =
+            arith::CmpIOp::create(e.b, e.loc, arith::CmpIPredicate::sle,
+                                  e.index(5), cacheRow(e, a[2], maxLen));
+        Value term = e.add(a[3], e.mul(e.ext(a[0]), e.ext(a[1])));
+        return {e.select(visible, term, a[3])};
+      })[0];
+  Value out = tensor::CollapseShapeOp::create(b, loc, op.getResult().getType(),
+                                              toF32(acc), {{0}, {1}, head5});
+  return {out, keys, values};
+}
+
 Value Lowering::matmul(MatmulOp op) {
   Value x = rows(op.getInput()), w = op.getWeight();
-  int64_t n = shapeOf(x)[0], m = shapeOf(w)[0];
-  Value y = contract(x, map(3, {0, 2}), w, map(3, {1, 2}), {n, m},
-                     map(3, {0, 1}), {P, P, R});
-  return unrows(y, op.getType());
+  return unrows(gemm(x, w, false, true), op.getType());
 }
 
 /// Mean over masked-in rows of logsumexp(l) - l[label]; 0 without any.
@@ -639,6 +917,19 @@ Value Lowering::rmsNormGradWeight(RMSNormGradWeightOp op) {
 /// dx = (dy · scale) · W_q: straight through the activation quantizer.
 Value Lowering::bitlinearGradInput(BitLinearGradInputOp op) {
   Value dy = scaleBy(rows(op.getResultGrad()), op.getOutputScale());
+  if (isPacked(op.getWeight())) {
+    // The transposed product on packed weights: dx = multiplier · Σ dy·t.
+    Value w = op.getWeight();
+    Value multiplier = extractScalar(uk->multiplierOf.lookup(w));
+    int64_t n = shapeOf(dy)[0], o = shapeOf(dy)[1],
+            i = cast<RankedTensorType>(op.getType()).getShape().back();
+    Value out;
+    Value outPtr = newBuffer({n, i}, f32(), out);
+    callUkernel("bitloom_uk_ternary_matmul_t",
+                {pointerTo(dy), pointerTo(w), multiplier, outPtr, i64(n),
+                 i64(o), i64(i)});
+    return unrows(finish(out), op.getType());
+  }
   Value w = op.getWeightQuant() == WeightQuant::online
                 ? quantizeWeight(op.getWeight())
                 : op.getWeight();
@@ -661,7 +952,6 @@ Value Lowering::bitlinearGradWeight(BitLinearGradWeightOp op) {
 
 Value Lowering::loraGradInput(LoRAGradInputOp op) {
   Value dy = rows(op.getResultGrad()), a = op.getLoraA(), bm = op.getLoraB();
-  int64_t n = shapeOf(dy)[0], r = shapeOf(a)[0], i = shapeOf(a)[1];
   double scaling = op.getAlpha().convertToDouble() / double(op.getRank());
   // (dy · c) in f32 first, as autograd scales the LoRA path's output.
   Value scaled = elementwise(
@@ -669,32 +959,24 @@ Value Lowering::loraGradInput(LoRAGradInputOp op) {
         return {e.mul(v[0], e.f32(scaling))};
       });
   // du[n, j] = Σ_o (dy·c)[n, o] · B[o, j]; dx[n, i] = Σ_j du[n, j] · A[j, i].
-  Value du = contract(scaled, map(3, {0, 2}), bm, map(3, {2, 1}), {n, r},
-                      map(3, {0, 1}), {P, P, R});
-  Value dx = contract(du, map(3, {0, 2}), a, map(3, {2, 1}), {n, i},
-                      map(3, {0, 1}), {P, P, R});
+  Value du = gemm(scaled, bm, false, false);
+  Value dx = gemm(du, a, false, false);
   return unrows(dx, op.getType());
 }
 
 SmallVector<Value> Lowering::loraGradParams(LoRAGradParamsOp op) {
   Value dy = rows(op.getResultGrad()), x = rows(op.getInput()),
         a = op.getLoraA(), bm = op.getLoraB();
-  int64_t n = shapeOf(dy)[0], o = shapeOf(dy)[1], r = shapeOf(a)[0],
-          i = shapeOf(a)[1];
   double scaling = op.getAlpha().convertToDouble() / double(op.getRank());
   Value scaled = elementwise(
       dy, f32(), [&](Scalar &e, ValueRange v) -> SmallVector<Value> {
         return {e.mul(v[0], e.f32(scaling))};
       });
-  Value u = contract(x, map(3, {0, 2}), a, map(3, {1, 2}), {n, r},
-                     map(3, {0, 1}), {P, P, R});
-  Value du = contract(scaled, map(3, {0, 2}), bm, map(3, {2, 1}), {n, r},
-                      map(3, {0, 1}), {P, P, R});
+  Value u = gemm(x, a, false, true);
+  Value du = gemm(scaled, bm, false, false);
   // dB[o, j] = Σ_n (dy·c)[n, o] · u[n, j]; dA[j, i] = Σ_n du[n, j] · x[n, i].
-  Value dB = contract(scaled, map(3, {2, 0}), u, map(3, {2, 1}), {o, r},
-                      map(3, {0, 1}), {P, P, R});
-  Value dA = contract(du, map(3, {2, 0}), x, map(3, {2, 1}), {r, i},
-                      map(3, {0, 1}), {P, P, R});
+  Value dB = gemm(scaled, u, true, false);
+  Value dA = gemm(du, x, true, false);
   return {dA, dB};
 }
 
@@ -708,6 +990,20 @@ SmallVector<Value> Lowering::attentionGrad(AttentionGradOp op) {
           headDim = op.getHeadDim(), group = heads / kvHeads;
   double scale = op.getScale().convertToDouble();
   ArrayRef<int64_t> qs = shapeOf(q), ks = shapeOf(k);
+  if (uk) {
+    Value dq, dk, dv;
+    SmallVector<Value> operands = {pointerTo(q),
+                                   pointerTo(k),
+                                   pointerTo(v),
+                                   pointerTo(dout),
+                                   newBuffer(qs, f32(), dq),
+                                   newBuffer(ks, f32(), dk),
+                                   newBuffer(ks, f32(), dv)};
+    operands.append(attentionShape(q, k, heads, kvHeads, headDim, scale,
+                                   op.getCausal()));
+    callUkernel("bitloom_uk_attention_grad", operands);
+    return {finish(dq), finish(dk), finish(dv)};
+  }
   auto q5Type =
       RankedTensorType::get({qs[0], qs[1], kvHeads, group, headDim}, f32());
   auto k4Type = RankedTensorType::get({ks[0], ks[1], kvHeads, headDim}, f32());
@@ -760,19 +1056,12 @@ SmallVector<Value> Lowering::attentionGrad(AttentionGradOp op) {
 
 Value Lowering::matmulGradInput(MatmulGradInputOp op) {
   Value dy = rows(op.getResultGrad()), w = op.getWeight();
-  int64_t n = shapeOf(dy)[0], k = shapeOf(w)[1];
-  // Loops (n, k, m).
-  Value dx = contract(dy, map(3, {0, 2}), w, map(3, {2, 1}), {n, k},
-                      map(3, {0, 1}), {P, P, R});
-  return unrows(dx, op.getType());
+  return unrows(gemm(dy, w, false, false), op.getType());
 }
 
 Value Lowering::matmulGradWeight(MatmulGradWeightOp op) {
   Value dy = rows(op.getResultGrad()), x = rows(op.getInput());
-  int64_t m = shapeOf(dy)[1], k = shapeOf(x)[1];
-  // Loops (m, k, n).
-  return contract(dy, map(3, {2, 0}), x, map(3, {2, 1}), {m, k}, map(3, {0, 1}),
-                  {P, P, R});
+  return gemm(dy, x, true, false);
 }
 
 /// dloss · (softmax(l) - onehot(label)) / count on masked-in rows.
@@ -944,6 +1233,7 @@ FailureOr<SmallVector<Value>> Lowering::lower(Operation *op) {
       .Case([&](LoRAOp o) { return one(lora(o)); })
       .Case([&](RoPEOp o) { return one(rope(o)); })
       .Case([&](AttentionOp o) { return one(attention(o)); })
+      .Case([&](CachedAttentionOp o) { return cachedAttention(o); })
       .Case([&](Relu2Op o) {
         return one(
             elementwise(o.getInput(), f32(),
@@ -1009,13 +1299,26 @@ FailureOr<SmallVector<Value>> Lowering::lower(Operation *op) {
 class LowerToLinalg
     : public bitloom::impl::LoomLowerToLinalgBase<LowerToLinalg> {
 public:
+  using LoomLowerToLinalgBase::LoomLowerToLinalgBase;
+
   void runOnOperation() override {
-    for (auto func : getOperation().getOps<func::FuncOp>()) {
+    ModuleOp module = getOperation();
+    UkernelContext context;
+    UkernelContext *uk = ukernels ? &context : nullptr;
+    for (auto func : module.getOps<func::FuncOp>()) {
       if (func.isExternal())
         continue;
-      if (failed(checkStatic(func)) || failed(paramsToArguments(func)) ||
-          failed(lowerBody(func)))
+      if (failed(checkStatic(func)) || failed(paramsToArguments(func, uk)) ||
+          failed(lowerBody(func, uk)))
         return signalPassFailure();
+    }
+    OpBuilder builder = OpBuilder::atBlockEnd(module.getBody());
+    for (const auto &entry : context.declarations) {
+      if (module.lookupSymbol(entry.getKey()))
+        continue;
+      auto decl = func::FuncOp::create(builder, module.getLoc(),
+                                       entry.getKey(), entry.getValue());
+      decl.setPrivate();
     }
   }
 
@@ -1041,28 +1344,86 @@ private:
     return success();
   }
 
+  /// A frozen weight the micro-kernels take packed: only ever the weight of
+  /// bitlinear ops and their input gradients.
+  static bool isPackable(ParamOp p) {
+    if (p->use_empty())
+      return false;
+    for (OpOperand &use : p->getUses()) {
+      Operation *user = use.getOwner();
+      if (auto fwd = dyn_cast<BitLinearOp>(user)) {
+        if (fwd.getWeight() != p.getResult())
+          return false;
+      } else if (auto grad = dyn_cast<BitLinearGradInputOp>(user)) {
+        if (grad.getWeight() != p.getResult())
+          return false;
+      } else {
+        return false;
+      }
+    }
+    return true;
+  }
+
   /// Every loom.param becomes a trailing argument named by `loom.name` and
-  /// marked `loom.param`, one per distinct name. Ternary weights arrive
-  /// dequantized (f32 [out, in]) until packed kernels exist.
-  static LogicalResult paramsToArguments(func::FuncOp func) {
+  /// marked `loom.param`, one per distinct name. Without micro-kernels
+  /// ternary weights arrive dequantized (f32 [out, in]); with them, frozen
+  /// bitlinear weights arrive packed with a multiplier argument.
+  static LogicalResult paramsToArguments(func::FuncOp func,
+                                         UkernelContext *uk) {
     Builder b(func.getContext());
     llvm::StringMap<Value> byName;
     SmallVector<ParamOp> params;
     func.walk([&](ParamOp p) { params.push_back(p); });
+    llvm::StringSet<> unpackable;
+    for (ParamOp p : params)
+      if (!isPackable(p))
+        unpackable.insert(p.getName());
+    auto addArgument = [&](Type type, StringRef name, StringRef packing,
+                           Location at) -> FailureOr<Value> {
+      SmallVector<NamedAttribute> attrs = {
+          b.getNamedAttr("loom.name", b.getStringAttr(name)),
+          b.getNamedAttr("loom.param", b.getUnitAttr())};
+      if (!packing.empty())
+        attrs.push_back(
+            b.getNamedAttr("loom.packing", b.getStringAttr(packing)));
+      unsigned index = func.getNumArguments();
+      if (failed(func.insertArgument(index, type, b.getDictionaryAttr(attrs),
+                                     at)))
+        return failure();
+      return func.getArgument(index);
+    };
     for (ParamOp p : params) {
       Value &arg = byName[p.getName()];
       if (!arg) {
         Type type = p.getType();
+        ArrayRef<int64_t> shape;
         if (auto ternary = dyn_cast<TernaryType>(type))
-          type = RankedTensorType::get(ternary.getShape(), b.getF32Type());
-        unsigned index = func.getNumArguments();
-        NamedAttribute attrs[] = {
-            b.getNamedAttr("loom.name", p.getNameAttr()),
-            b.getNamedAttr("loom.param", b.getUnitAttr())};
-        if (failed(func.insertArgument(index, type, b.getDictionaryAttr(attrs),
-                                       p.getLoc())))
+          shape = ternary.getShape();
+        else
+          shape = cast<RankedTensorType>(type).getShape();
+        bool packed = uk && !unpackable.contains(p.getName());
+        FailureOr<Value> added;
+        if (packed) {
+          auto packedType = RankedTensorType::get(
+              {shape[0], packedRowBytes(shape[1])}, b.getI8Type());
+          added = addArgument(packedType, p.getName(), "i2x128", p.getLoc());
+          if (failed(added))
+            return p.emitError("cannot add the parameter as an argument");
+          FailureOr<Value> multiplier =
+              addArgument(RankedTensorType::get({}, b.getF32Type()),
+                          (p.getName() + ".ternary_scale").str(),
+                          "ternary_scale", p.getLoc());
+          if (failed(multiplier))
+            return p.emitError("cannot add the parameter as an argument");
+          uk->multiplierOf[*added] = *multiplier;
+        } else {
+          if (isa<TernaryType>(type))
+            type = RankedTensorType::get(shape, b.getF32Type());
+          added = addArgument(type, p.getName(), "", p.getLoc());
+        }
+        if (failed(added))
           return p.emitError("cannot add the parameter as an argument");
-        arg = func.getArgument(index);
+        arg = *added;
       }
       p.getResult().replaceAllUsesWith(arg);
       p.erase();
@@ -1070,7 +1431,7 @@ private:
     return success();
   }
 
-  static LogicalResult lowerBody(func::FuncOp func) {
+  static LogicalResult lowerBody(func::FuncOp func, UkernelContext *uk) {
     SmallVector<Operation *> ops;
     func.walk([&](Operation *op) {
       if (isa<LoomDialect>(op->getDialect()))
@@ -1078,7 +1439,7 @@ private:
     });
     for (Operation *op : ops) {
       OpBuilder builder(op);
-      Lowering lowering(builder, op->getLoc());
+      Lowering lowering(builder, op->getLoc(), uk);
       FailureOr<SmallVector<Value>> values = lowering.lower(op);
       if (failed(values))
         return op->emitError("loom-lower-to-linalg has no lowering for this "

@@ -112,17 +112,53 @@ def LoomLowerToLinalg : Pass<"loom-lower-to-linalg", "mlir::ModuleOp"> {
     for one-shot bufferization. Every remaining `loom.param` becomes a new
     trailing argument of its function carrying `loom.name` (the parameter
     name) and `loom.param` (unit), so the runtime passes weights in by name.
-    A `!loom.ternary<OxI, ...>` weight is passed as its dequantized
-    `tensor<OxIxf32>` (ternary pattern times scale) until packed ternary
-    kernels exist. Numerics follow codegen/reference/Kernels.h: dot products
+    Without `ukernels`, a `!loom.ternary<OxI, ...>` weight is passed as its
+    dequantized `tensor<OxIxf32>` (ternary pattern times scale). Numerics follow codegen/reference/Kernels.h: dot products
     and sums accumulate in f64 and round to f32 once, quantizers use the
     reciprocal-then-multiply scales and round half to even.
+
+    With `ukernels`, the matrix products become calls to the runtime's CPU
+    micro-kernels (`bitloom_uk_*`, runtime/ukernels/Ukernels.h) on buffers
+    obtained through `bufferization.to_buffer`/`to_tensor`: f32 GEMMs for
+    LoRA, the LM head and their adjoints (f32 accumulation), and for every
+    frozen bitlinear weight an int8 × ternary product with exact int32 sums
+    forward and the transposed product for the input gradient. Such a
+    weight becomes a packed `tensor<O x (ceil(I/128)·32) x i8>` argument
+    (`loom.packing = "i2x128"`) plus a 0-d f32 argument named
+    `<name>.ternary_scale` (`loom.packing = "ternary_scale"`) holding the
+    per-tensor multiplier: the dequantized weight is pattern × multiplier.
   }];
+  let options = [
+    Option<"ukernels", "ukernels", "bool", /*default=*/"false",
+           "call the runtime's CPU micro-kernels and pass frozen bitlinear "
+           "weights packed (2 bits per weight)">
+  ];
   let dependentDialects = ["::mlir::linalg::LinalgDialect",
+                           "::mlir::bufferization::BufferizationDialect",
+                           "::mlir::memref::MemRefDialect",
+                           "::mlir::LLVM::LLVMDialect",
                            "::mlir::tensor::TensorDialect",
                            "::mlir::arith::ArithDialect",
                            "::mlir::math::MathDialect",
                            "::mlir::func::FuncDialect"];
+}
+
+def LoomDeallocateAfterLastUse
+    : Pass<"loom-deallocate-after-last-use", "mlir::ModuleOp"> {
+  let summary = "Free each step buffer right after its last use";
+  let description = [{
+    Runs on bufferized, straight-line entry points (after one-shot
+    bufferization and results-to-out-params). Upstream's ownership-based
+    deallocation frees buffers at the end of their block, which for a
+    training step — one block — keeps every activation of every layer alive
+    until the step returns. This pass instead inserts `memref.dealloc`
+    after the last top-level op that uses the buffer or anything derived
+    from it (views, extracted pointers passed to micro-kernels, values
+    loaded from it), so the live set follows the schedule. Buffers that
+    reach a `func.return` or are allocated inside a nested region are
+    left alone; functions with more than one block are rejected.
+  }];
+  let dependentDialects = ["::mlir::memref::MemRefDialect"];
 }
 
 #endif // BITLOOM_PASSES

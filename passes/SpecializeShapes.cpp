@@ -2,11 +2,17 @@
 //
 // Native code generation compiles one shape: the dynamic [batch, tokens]
 // dimensions of the loom IR become the constants given to `bitloom compile`.
+// A KV-cached function (one with loom.cached_attention: @generate_step) is a
+// decoder step instead: one sequence, one token per call at a position the
+// caller passes, so its [batch, tokens] become [1, 1] and its caches keep
+// their static max-tokens length.
 //
 //===----------------------------------------------------------------------===//
 #include "passes/Passes.h"
 
 #include "mlir/IR/Verifier.h"
+
+#include <array>
 
 namespace bitloom {
 #define GEN_PASS_DEF_LOOMSPECIALIZESHAPES
@@ -29,20 +35,26 @@ public:
           << int64_t(batch) << " seq-len=" << int64_t(seqLen);
       return signalPassFailure();
     }
-    for (auto func : getOperation().getOps<func::FuncOp>())
-      if (failed(specialize(func)))
+    for (auto func : getOperation().getOps<func::FuncOp>()) {
+      bool decoder = false;
+      func.walk([&](bitloom::loom::CachedAttentionOp) { decoder = true; });
+      if (decoder ? failed(specialize(func, {1, 1}, /*cacheTokens=*/true))
+                  : failed(specialize(func, {batch, seqLen}, false)))
         return signalPassFailure();
+    }
   }
 
 private:
-  /// The static form of `type`, or failure (reported at `loc`) when its
-  /// dynamic dimensions are not the leading [batch, tokens] pair.
-  FailureOr<Type> specialize(Type type, Location loc) {
+  /// The static form of `type` with [batch, tokens] = `fixed`, or failure
+  /// (reported at `loc`) when its dynamic dimensions are not the leading
+  /// pair. `cacheTokens`: a static tokens dimension may differ (a KV cache's
+  /// max-tokens).
+  FailureOr<Type> specialize(Type type, Location loc,
+                             std::array<int64_t, 2> fixed, bool cacheTokens) {
     auto tensor = dyn_cast<RankedTensorType>(type);
     if (!tensor || tensor.hasStaticShape())
       return type;
     SmallVector<int64_t> shape(tensor.getShape());
-    const int64_t fixed[2] = {batch, seqLen};
     for (unsigned dim = 0; dim < shape.size(); ++dim) {
       int64_t &size = shape[dim];
       if (dim >= 2) {
@@ -53,19 +65,26 @@ private:
       }
       // A static leading dimension must already agree: activations share
       // one batch and one sequence length.
-      if (!ShapedType::isDynamic(size) && size != fixed[dim])
+      if (!ShapedType::isDynamic(size) && size != fixed[dim]) {
+        if (dim == 1 && cacheTokens)
+          continue;
         return emitError(loc)
                << type << ": static dimension " << dim << " is " << size
                << " but the module is specialized to " << fixed[dim];
+      }
       size = fixed[dim];
     }
     return RankedTensorType::get(shape, tensor.getElementType(),
                                  tensor.getEncoding());
   }
 
-  LogicalResult specialize(func::FuncOp func) {
+  LogicalResult specialize(func::FuncOp func, std::array<int64_t, 2> fixed,
+                           bool cacheTokens) {
+    auto specializeType = [&](Type t, Location loc) {
+      return specialize(t, loc, fixed, cacheTokens);
+    };
     auto setType = [&](Value v) -> LogicalResult {
-      FailureOr<Type> type = specialize(v.getType(), v.getLoc());
+      FailureOr<Type> type = specializeType(v.getType(), v.getLoc());
       if (failed(type))
         return failure();
       v.setType(*type);
@@ -87,13 +106,13 @@ private:
 
     SmallVector<Type> inputs, results;
     for (Type t : func.getArgumentTypes()) {
-      FailureOr<Type> s = specialize(t, func.getLoc());
+      FailureOr<Type> s = specializeType(t, func.getLoc());
       if (failed(s))
         return failure();
       inputs.push_back(*s);
     }
     for (Type t : func.getResultTypes()) {
-      FailureOr<Type> s = specialize(t, func.getLoc());
+      FailureOr<Type> s = specializeType(t, func.getLoc());
       if (failed(s))
         return failure();
       results.push_back(*s);

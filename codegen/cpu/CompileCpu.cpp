@@ -22,6 +22,10 @@ int64_t TensorSignature::numElements() const {
   return n;
 }
 
+int64_t TensorSignature::byteSize() const {
+  return numElements() * (dtype == "i8" ? 1 : 4);
+}
+
 const FunctionSignature *
 CompiledCpuModule::find(const std::string &name) const {
   for (const FunctionSignature &f : functions)
@@ -30,7 +34,8 @@ CompiledCpuModule::find(const std::string &name) const {
   return nullptr;
 }
 
-static TensorSignature signatureOf(Type type, StringAttr name, bool isWeight) {
+static TensorSignature signatureOf(Type type, StringAttr name, bool isWeight,
+                                   StringAttr packing) {
   auto tensor = dyn_cast<RankedTensorType>(type);
   if (!tensor || !tensor.hasStaticShape())
     throw FormatError("", "compile",
@@ -39,14 +44,18 @@ static TensorSignature signatureOf(Type type, StringAttr name, bool isWeight) {
   sig.name = name ? name.str() : "";
   sig.shape.assign(tensor.getShape().begin(), tensor.getShape().end());
   sig.isInt = tensor.getElementType().isInteger(32);
+  sig.dtype = sig.isInt ? "i32"
+              : tensor.getElementType().isInteger(8) ? "i8"
+                                                     : "f32";
   sig.isWeight = isWeight;
+  sig.packing = packing ? packing.str() : "";
   return sig;
 }
 
 CompiledCpuModule compileForCpu(ModuleOp source,
                                 const native::NativeTarget &target,
                                 const std::vector<std::string> &entries,
-                                bool withAssembly) {
+                                bool withAssembly, bool withBitcode) {
   MLIRContext *context = source.getContext();
   DialectRegistry registry;
   registerCpuLoweringDependencies(registry);
@@ -63,7 +72,9 @@ CompiledCpuModule compileForCpu(ModuleOp source,
   // runtime binds before bufferization turns results into out-params.
   {
     PassManager pm(context);
-    pm.addPass(createLoomLowerToLinalg());
+    LoomLowerToLinalgOptions lowering;
+    lowering.ukernels = true;
+    pm.addPass(createLoomLowerToLinalg(lowering));
     if (failed(pm.run(*module)))
       throw FormatError("", "compile", "lowering to linalg failed");
   }
@@ -78,11 +89,13 @@ CompiledCpuModule compileForCpu(ModuleOp source,
       sig.args.push_back(
           signatureOf(func.getArgumentTypes()[i],
                       func.getArgAttrOfType<StringAttr>(i, "loom.name"),
-                      bool(func.getArgAttr(i, "loom.param"))));
+                      bool(func.getArgAttr(i, "loom.param")),
+                      func.getArgAttrOfType<StringAttr>(i, "loom.packing")));
     for (unsigned i = 0; i < func.getNumResults(); ++i)
       sig.results.push_back(signatureOf(
           func.getResultTypes()[i],
-          func.getResultAttrOfType<StringAttr>(i, "loom.name"), false));
+          func.getResultAttrOfType<StringAttr>(i, "loom.name"), false,
+          nullptr));
     compiled.functions.push_back(std::move(sig));
   }
 
@@ -96,12 +109,13 @@ CompiledCpuModule compileForCpu(ModuleOp source,
   }
 
   PassManager pm(context);
-  buildCpuLoweringPipeline(pm, /*barePointers=*/true);
+  buildCpuLoweringPipeline(pm, /*barePointers=*/true, /*ukernels=*/true);
   if (failed(pm.run(*module)))
     throw FormatError("", "compile", "lowering to the LLVM dialect failed");
   native::addPackedEntryPoints(*module);
   compiled.sharedObject = native::emitSharedObject(
-      *module, target, withAssembly ? &compiled.assembly : nullptr);
+      *module, target, withAssembly ? &compiled.assembly : nullptr,
+      withBitcode ? &compiled.bitcode : nullptr);
   return compiled;
 }
 

@@ -25,7 +25,14 @@ struct TensorSignature {
   std::vector<int64_t> shape;
   bool isInt = false;    // i32 (tokens, positions, labels) else f32
   bool isWeight = false; // a frozen model weight (loom.param argument)
+  /// "f32", "i32", or "i8" (packed ternary bytes).
+  std::string dtype = "f32";
+  /// Weights: "" (f32 values), "i2x128" (packed ternary bytes, shape
+  /// [out, row bytes]) or "ternary_scale" (the packed weight's multiplier).
+  std::string packing;
   int64_t numElements() const;
+  /// Bytes of the buffer the runtime binds.
+  int64_t byteSize() const;
 };
 
 /// Bindings of `<name>_packed(void **)`: args in order, then one output
@@ -38,6 +45,9 @@ struct FunctionSignature {
 struct CompiledCpuModule {
   std::vector<uint8_t> sharedObject;
   std::string assembly;
+  /// The optimized LLVM module the shared object was generated from, as
+  /// bitcode (withBitcode only): the `llvm-bc` executable of an artifact.
+  std::string bitcode;
   std::vector<FunctionSignature> functions;
   const FunctionSignature *find(const std::string &name) const;
 };
@@ -46,11 +56,13 @@ struct CompiledCpuModule {
 /// -loom-specialize-shapes first). The module itself is left unchanged.
 /// Throws FormatError when a phase fails.
 /// `withAssembly` also renders the target assembly (a second code
-/// generation run: only for `inspect --dump-kernels`).
+/// generation run); `withBitcode` keeps the optimized LLVM module as bitcode
+/// (what `bitloom inspect --dump-kernels` reads from an artifact).
 CompiledCpuModule compileForCpu(mlir::ModuleOp module,
                                 const native::NativeTarget &target,
                                 const std::vector<std::string> &entries,
-                                bool withAssembly = false);
+                                bool withAssembly = false,
+                                bool withBitcode = false);
 
 } // namespace bitloom::codegen::cpu
 

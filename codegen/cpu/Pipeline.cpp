@@ -28,8 +28,11 @@ void registerCpuLoweringDependencies(DialectRegistry &registry) {
   registerAllToLLVMIRTranslations(registry);
 }
 
-void buildCpuLoweringPipeline(OpPassManager &pm, bool barePointers) {
-  pm.addPass(bitloom::createLoomLowerToLinalg());
+void buildCpuLoweringPipeline(OpPassManager &pm, bool barePointers,
+                              bool ukernels) {
+  bitloom::LoomLowerToLinalgOptions lowering;
+  lowering.ukernels = ukernels;
+  pm.addPass(bitloom::createLoomLowerToLinalg(lowering));
 
   // Tensors to buffers. Function boundaries use plain (identity-layout)
   // memrefs so the runtime passes dense arrays.
@@ -44,7 +47,9 @@ void buildCpuLoweringPipeline(OpPassManager &pm, bool barePointers) {
   outParams.hoistStaticAllocs = true;
   outParams.modifyPublicFunctions = true;
   pm.addPass(bufferization::createBufferResultsToOutParamsPass(outParams));
-  bufferization::buildBufferDeallocationPipeline(pm);
+  // Free every buffer after its last use (upstream's ownership-based
+  // deallocation frees at the end of the block: the whole step).
+  pm.addPass(bitloom::createLoomDeallocateAfterLastUse());
 
   // Scalar loops; tiling and vectorization come later.
   pm.addNestedPass<func::FuncOp>(createConvertLinalgToLoopsPass());

@@ -25,13 +25,16 @@ namespace bitloom::codegen::cpu {
 void registerCpuLoweringDependencies(mlir::DialectRegistry &registry);
 
 /// -loom-lower-to-linalg, one-shot bufferization across function
-/// boundaries, caller-allocated results, ownership-based deallocation,
+/// boundaries, caller-allocated results, deallocation after last use,
 /// linalg to loops, and the standard conversions to the LLVM dialect.
 /// `barePointers`: pass each (static, identity-layout) memref as a bare
 /// pointer to its data instead of an expanded descriptor — the ABI of
 /// ahead-of-time compiled artifacts, whose runtime binds raw buffers.
+/// `ukernels`: matrix products call the runtime's micro-kernels and frozen
+/// bitlinear weights are passed packed (see -loom-lower-to-linalg).
 void buildCpuLoweringPipeline(mlir::OpPassManager &pm,
-                              bool barePointers = false);
+                              bool barePointers = false,
+                              bool ukernels = false);
 
 } // namespace bitloom::codegen::cpu
 

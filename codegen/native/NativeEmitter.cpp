@@ -8,11 +8,14 @@
 #include "mlir/Target/LLVMIR/Dialect/Builtin/BuiltinToLLVMIRTranslation.h"
 #include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
 #include "mlir/Target/LLVMIR/Export.h"
+#include "llvm/Bitcode/BitcodeWriter.h"
 #include "llvm/IR/LLVMContext.h"
 #include "llvm/IR/LegacyPassManager.h"
 #include "llvm/IR/Module.h"
 #include "llvm/MC/TargetRegistry.h"
 #include "llvm/Passes/PassBuilder.h"
+#include "llvm/Transforms/IPO/LoopExtractor.h"
+#include "llvm/Transforms/Utils/LoopSimplify.h"
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/MemoryBuffer.h"
 #include "llvm/Support/Program.h"
@@ -106,18 +109,9 @@ static void initializeTargets() {
   });
 }
 
-std::vector<uint8_t> emitSharedObject(ModuleOp module,
-                                      const NativeTarget &target,
-                                      std::string *assembly) {
+std::unique_ptr<llvm::TargetMachine>
+createTargetMachine(const NativeTarget &target) {
   initializeTargets();
-  registerBuiltinDialectTranslation(*module.getContext());
-  registerLLVMDialectTranslation(*module.getContext());
-  llvm::LLVMContext llvmContext;
-  std::unique_ptr<llvm::Module> llvmModule =
-      translateModuleToLLVMIR(module, llvmContext, "bitloom");
-  if (!llvmModule)
-    throw FormatError("", "codegen", "translation to LLVM IR failed");
-
   llvm::Triple triple(target.triple);
   std::string error;
   const llvm::Target *llvmTarget =
@@ -130,6 +124,24 @@ std::vector<uint8_t> emitSharedObject(ModuleOp module,
       std::nullopt, llvm::CodeGenOptLevel::Aggressive));
   if (!machine)
     throw FormatError("", "--cpu", "LLVM cannot target '" + target.cpu + "'");
+  return machine;
+}
+
+std::vector<uint8_t> emitSharedObject(ModuleOp module,
+                                      const NativeTarget &target,
+                                      std::string *assembly,
+                                      std::string *bitcode) {
+  initializeTargets();
+  registerBuiltinDialectTranslation(*module.getContext());
+  registerLLVMDialectTranslation(*module.getContext());
+  llvm::LLVMContext llvmContext;
+  std::unique_ptr<llvm::Module> llvmModule =
+      translateModuleToLLVMIR(module, llvmContext, "bitloom");
+  if (!llvmModule)
+    throw FormatError("", "codegen", "translation to LLVM IR failed");
+
+  llvm::Triple triple(target.triple);
+  std::unique_ptr<llvm::TargetMachine> machine = createTargetMachine(target);
   llvmModule->setDataLayout(machine->createDataLayout());
   llvmModule->setTargetTriple(triple);
 
@@ -147,9 +159,33 @@ std::vector<uint8_t> emitSharedObject(ModuleOp module,
     pb.registerFunctionAnalyses(fam);
     pb.registerLoopAnalyses(lam);
     pb.crossRegisterProxies(lam, fam, cgam, mam);
+    // A training step is one huge straight-line function of thousands of
+    // loop nests, on which LLVM's function passes (SCEV, dominators) grow
+    // superlinearly: 12 layers took minutes. Each top-level loop nest
+    // becomes its own function first and stays out of line, so the
+    // optimizer sees many small functions.
+    {
+      llvm::ModulePassManager extract;
+      llvm::FunctionPassManager simplify;
+      simplify.addPass(llvm::LoopSimplifyPass());
+      extract.addPass(
+          llvm::createModuleToFunctionPassAdaptor(std::move(simplify)));
+      extract.addPass(llvm::LoopExtractorPass());
+      extract.run(*llvmModule, mam);
+      for (llvm::Function &f : *llvmModule)
+        if (!f.isDeclaration() && f.hasLocalLinkage())
+          f.addFnAttr(llvm::Attribute::NoInline);
+    }
     llvm::ModulePassManager mpm = pb.buildPerModuleDefaultPipeline(
         levels[std::clamp(target.optLevel, 0, 3)]);
     mpm.run(*llvmModule, mam);
+  }
+
+  // The optimized module, before code generation's own IR passes touch it.
+  if (bitcode) {
+    bitcode->clear();
+    llvm::raw_string_ostream os(*bitcode);
+    llvm::WriteBitcodeToFile(*llvmModule, os);
   }
 
   auto emit = [&](llvm::CodeGenFileType kind) {

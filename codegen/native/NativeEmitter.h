@@ -15,8 +15,13 @@
 #include "mlir/IR/BuiltinOps.h"
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
+
+namespace llvm {
+class TargetMachine;
+} // namespace llvm
 
 namespace bitloom::native {
 
@@ -35,16 +40,25 @@ struct NativeTarget {
 NativeTarget resolveNativeTarget(const std::string &target,
                                  const std::string &cpu);
 
+/// The code generator for `target` (position-independent code, aggressive
+/// code generation: what emitSharedObject uses). Throws FormatError naming
+/// --target / --cpu when LLVM cannot target it.
+std::unique_ptr<llvm::TargetMachine>
+createTargetMachine(const NativeTarget &target);
+
 /// Adds `llvm.func @<name>_packed(!llvm.ptr)` for every external function
 /// whose parameters are all pointers (bare-pointer memref convention).
 void addPackedEntryPoints(mlir::ModuleOp llvmModule);
 
-/// LLVM IR (O3) -> object code -> shared object bytes. `assembly`, when not
-/// null, receives the target assembly (for `inspect --dump-kernels`).
+/// LLVM IR (optimized at target.optLevel) -> object code -> shared object
+/// bytes. `assembly`, when not null, receives the target assembly;
+/// `bitcode`, when not null, the optimized module (the code the shared object
+/// holds) as LLVM bitcode, for `bitloom inspect --dump-kernels`.
 /// Throws FormatError on failure.
 std::vector<uint8_t> emitSharedObject(mlir::ModuleOp llvmModule,
                                       const NativeTarget &target,
-                                      std::string *assembly = nullptr);
+                                      std::string *assembly = nullptr,
+                                      std::string *bitcode = nullptr);
 
 } // namespace bitloom::native
 

@@ -4,7 +4,10 @@
 #include "artifact/Validate.h"
 
 #include <cstdio>
+#include <set>
 #include <sstream>
+#include <tuple>
+#include <utility>
 
 namespace bitloom::blm {
 
@@ -79,6 +82,53 @@ void signatures(
   }
 }
 
+/// The kernels an entry point runs (each once) and the bytes its
+/// dispatches bind, by source.
+void kernelsAndBindings(const Artifact &a, const fb::EntryPoint &e,
+                        std::ostream &os, const DescribeOptions &options) {
+  std::set<std::pair<uint32_t, uint32_t>> kernels;
+  std::set<std::tuple<int, uint32_t, uint64_t>> bound; // source, index, offset
+  std::set<uint32_t> parameters, slots;
+  uint64_t bytes[4] = {0, 0, 0, 0};
+  for (uint32_t d = 0; d < count(e.dispatches()); ++d) {
+    const fb::Dispatch *dp = e.dispatches()->Get(d);
+    if (kernels.insert({dp->executable(), dp->kernel()}).second) {
+      const fb::Executable &ex = a.executable(dp->executable());
+      const fb::Kernel *k = ex.kernels()->Get(dp->kernel());
+      os << "    kernel " << k->name()->str() << " (executable "
+         << dp->executable() << " " << str(ex.name()) << ", "
+         << ex.format()->str() << "): grid " << dims(k->workgroup_count())
+         << ", workgroup " << dims(k->workgroup_size());
+      if (k->source_location() && k->source_location()->size())
+        os << ", at " << k->source_location()->str();
+      os << "\n";
+      auto note = options.kernelNotes.find(k->name()->str());
+      if (note != options.kernelNotes.end())
+        os << "      " << note->second << "\n";
+    }
+    for (uint32_t b = 0; b < count(dp->bindings()); ++b) {
+      // A buffer bound by several dispatches counts once.
+      const fb::Binding *bd = dp->bindings()->Get(b);
+      if (!bound.insert({int(bd->source()), bd->index(), bd->offset()}).second)
+        continue;
+      if (bd->source() == fb::BindingSource::Parameter)
+        parameters.insert(bd->index());
+      if (bd->source() == fb::BindingSource::ArenaSlot)
+        slots.insert(bd->index());
+      bytes[size_t(bd->source()) & 3] += bd->size();
+    }
+  }
+  if (!count(e.dispatches()))
+    return;
+  os << "    binds " << parameters.size() << " parameters ("
+     << formatBytes(bytes[size_t(fb::BindingSource::Parameter)])
+     << "), arguments "
+     << formatBytes(bytes[size_t(fb::BindingSource::Argument)]) << ", results "
+     << formatBytes(bytes[size_t(fb::BindingSource::Result)]) << ", "
+     << slots.size() << " arena slots ("
+     << formatBytes(bytes[size_t(fb::BindingSource::ArenaSlot)]) << ")\n";
+}
+
 } // namespace
 
 void describeArtifact(const Artifact &a, std::ostream &os,
@@ -132,6 +182,7 @@ void describeArtifact(const Artifact &a, std::ostream &os,
     os << "  " << e.name()->str() << ": " << count(e.arguments())
        << " arguments, " << count(e.results()) << " results, "
        << count(e.dispatches()) << " dispatches\n";
+    kernelsAndBindings(a, e, os, options);
     signatures(os, "arg", e.arguments());
     signatures(os, "result", e.results());
   }

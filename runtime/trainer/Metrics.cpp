@@ -50,6 +50,7 @@ nlohmann::json toJson(const ValidationRecord &r) {
           {"step", r.step},
           {"epoch", num(r.epoch)},
           {"loss", num(r.loss)},
+          {"perplexity", num(r.perplexity())},
           {"targets", r.targets}};
 }
 
@@ -146,6 +147,8 @@ void MetricsLog::writePlot(const std::string &title) const {
 //===----------------------------------------------------------------------===//
 // SVG
 //===----------------------------------------------------------------------===//
+
+double ValidationRecord::perplexity() const { return std::exp(loss); }
 
 AxisTicks niceTicks(double lo, double hi, int maxTicks) {
   AxisTicks a;
@@ -408,7 +411,7 @@ ProgressReporter::ProgressReporter(int64_t totalSteps, std::ostream &out,
 }
 
 std::string ProgressReporter::line(int64_t step, double loss, double tps,
-                                   bool bar) const {
+                                   double lr, bool bar) const {
   std::ostringstream s;
   double frac =
       total_ > 0 ? std::clamp(double(step) / double(total_), 0.0, 1.0) : 0.0;
@@ -424,8 +427,13 @@ std::string ProgressReporter::line(int64_t step, double loss, double tps,
     s << "step ";
   }
   s << step << '/' << total_ << ' ' << int(frac * 100 + 1e-9) << "% | loss "
-    << (std::isfinite(loss) ? fmt(loss, 4) : "nan") << " | "
-    << int64_t(std::llround(std::isfinite(tps) ? tps : 0)) << " tok/s | ";
+    << (std::isfinite(loss) ? fmt(loss, 4) : "nan") << " | ";
+  if (std::isfinite(lr)) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "lr %.2e | ", lr);
+    s << buf;
+  }
+  s << int64_t(std::llround(std::isfinite(tps) ? tps : 0)) << " tok/s | ";
   if (step >= total_)
     s << "done in " << formatDuration(elapsed);
   else
@@ -434,14 +442,14 @@ std::string ProgressReporter::line(int64_t step, double loss, double tps,
 }
 
 void ProgressReporter::update(int64_t step, double loss,
-                              double tokensPerSecond) {
+                              double tokensPerSecond, double learningRate) {
   bool last = step >= total_;
   if (tty_) {
     double now = clock_();
     if (!last && now - lastDraw_ < 0.1)
       return;
     lastDraw_ = now;
-    out_ << "\r\x1b[K" << line(step, loss, tokensPerSecond, true);
+    out_ << "\r\x1b[K" << line(step, loss, tokensPerSecond, learningRate, true);
     open_ = true;
     if (last) {
       out_ << '\n';
@@ -450,8 +458,9 @@ void ProgressReporter::update(int64_t step, double loss,
     out_.flush();
     return;
   }
-  if (last || step % logEvery_ == 0)
-    out_ << line(step, loss, tokensPerSecond, false) << '\n' << std::flush;
+  if (last || step % logEvery_ == 0 || (logFirst_ && step == start_ + 1))
+    out_ << line(step, loss, tokensPerSecond, learningRate, false) << '\n'
+         << std::flush;
 }
 
 void ProgressReporter::message(const std::string &text) {

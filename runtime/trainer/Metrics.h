@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -37,8 +38,10 @@ struct TrainRecord {
 struct ValidationRecord {
   int64_t step = 0;
   double epoch = 0;
-  double loss = 0;
+  double loss = 0;     // mean over every target token of the split
   int64_t targets = 0; // tokens the loss averages over
+  /// exp(loss); written to the log as "perplexity".
+  double perplexity() const;
 };
 
 class MetricsLog {
@@ -101,23 +104,29 @@ public:
                    int64_t startStep = 0, Clock clock = {});
   /// After step `step` (1-based). TTY: redraws the bar (at most 10 times a
   /// second, always on the last step). Otherwise one line every
-  /// `logEvery` steps and on the last.
-  void update(int64_t step, double loss, double tokensPerSecond);
+  /// `logEvery` steps and on the last (and on the first one of the run
+  /// with setLogFirst). A finite `learningRate` is shown too.
+  void update(int64_t step, double loss, double tokensPerSecond,
+              double learningRate = std::nan(""));
   /// A line that must not be overwritten by the bar (validation, saves).
   void message(const std::string &line);
   /// Ends the bar's line.
   void finish();
   void setLogEvery(int64_t n) { logEvery_ = n < 1 ? 1 : n; }
+  /// Plain lines: also log the first step of the run (startStep + 1).
+  void setLogFirst(bool on) { logFirst_ = on; }
   bool isTty() const { return tty_; }
 
 private:
-  std::string line(int64_t step, double loss, double tps, bool bar) const;
+  std::string line(int64_t step, double loss, double tps, double lr,
+                   bool bar) const;
   int64_t total_, start_;
   std::ostream &out_;
   bool tty_;
   Clock clock_;
   double t0_, lastDraw_ = -1e9;
   int64_t logEvery_ = 1;
+  bool logFirst_ = false;
   bool open_ = false; // a bar is on the current line
 };
 

@@ -18,6 +18,7 @@
 #include "codegen/cpu/CompileCpu.h"
 #include "formats/Error.h"
 #include "formats/MappedFile.h"
+#include "model/TernaryWeights.h"
 #include "passes/Passes.h"
 
 #include "mlir/IR/MLIRContext.h"
@@ -73,8 +74,17 @@ static std::string printModule(mlir::ModuleOp module) {
   return text;
 }
 
+/// @generate_step's KV caches: state the runtime owns across calls.
+static bool isKvCache(const std::string &name) {
+  return name.rfind("key_cache.", 0) == 0 || name.rfind("value_cache.", 0) == 0;
+}
+
 /// Arguments' roles in the artifact, from their loom.name.
 static blm::Role roleOf(const std::string &name) {
+  // Persistent runtime-owned state, zeroed at the start of a sequence and
+  // threaded from the result of the same name, like optimizer state.
+  if (isKvCache(name))
+    return blm::Role::OptimizerState;
   if (name == "tokens" || name == "positions" || name == "labels" ||
       name == "loss_mask")
     return blm::Role::Input;
@@ -87,7 +97,7 @@ static blm::Role roleOf(const std::string &name) {
 }
 
 /// CPU targets: train/eval/accumulate/apply compiled to one shared object,
-/// frozen weights (f32 for now), signatures and a one-dispatch schedule per
+/// frozen weights (projections packed 2 bits per weight), signatures and a one-dispatch schedule per
 /// entry point, written as a .blm.
 static int compileCpuArtifact(CompileArgs &args, const Model &model,
                               mlir::ModuleOp module) {
@@ -104,10 +114,14 @@ static int compileCpuArtifact(CompileArgs &args, const Model &model,
     throw FormatError(args.model, "specialize", "the phase failed");
   std::vector<std::string> entries = {"train_step", "eval_step",
                                       "accumulate_step", "apply_step"};
+  if (module.lookupSymbol("generate_step"))
+    entries.push_back("generate_step");
   native::NativeTarget target = native::resolveNativeTarget(
       args.target, args.cpu.empty() ? "generic" : args.cpu);
   codegen::cpu::CompiledCpuModule compiled =
-      codegen::cpu::compileForCpu(module, target, entries);
+      codegen::cpu::compileForCpu(module, target, entries,
+                                  /*withAssembly=*/false,
+                                  /*withBitcode=*/true);
 
   blm::ArtifactBuilder builder;
   builder.setProducer("bitloom");
@@ -190,23 +204,35 @@ static int compileCpuArtifact(CompileArgs &args, const Model &model,
                            {1, 1, 1},
                            fs::absolute(args.model).string() + ": @" + entry});
   uint32_t exeIndex = builder.addExecutable(exe, compiled.sharedObject);
+  // The optimized LLVM IR of the same code under the same kernel names, for
+  // `bitloom inspect --dump-kernels`. No dispatch names it, so a runtime
+  // never loads it.
+  blm::ExecutableInfo ir = exe;
+  ir.name = "train-ir";
+  ir.format = "llvm-bc";
+  builder.addExecutable(ir, compiled.bitcode.data(), compiled.bitcode.size());
 
-  // Frozen weights, dequantized to f32 and streamed tensor by tensor.
+  // Frozen weights in the form the code takes them (f32, or packed ternary
+  // plus multiplier), prepared and streamed tensor by tensor.
   std::map<std::string, uint32_t> weightIndex;
+  CpuWeightSource weights(model);
   for (const codegen::cpu::FunctionSignature &f : compiled.functions)
     for (const codegen::cpu::TensorSignature &a : f.args) {
       if (!a.isWeight || weightIndex.count(a.name))
         continue;
-      const ModelTensor *t = model.find(a.name);
-      if (!t)
-        throw FormatError(model.path(), a.name, "weight not in the model");
-      uint64_t bytes = uint64_t(a.numElements()) * sizeof(float);
+      std::string dtype = a.packing == "i2x128" ? "i2x128" : "f32";
+      std::vector<int64_t> shape = a.shape;
+      if (a.packing == "i2x128") {
+        const ModelTensor *t = model.find(a.name);
+        if (!t)
+          throw FormatError(model.path(), a.name, "weight not in the model");
+        shape = t->shape; // the logical [out, in]
+      }
       weightIndex[a.name] = builder.addParameter(
-          {a.name, "f32", a.shape, false}, bytes,
-          [&model, t](blm::BlobWriter &out) {
-            std::vector<float> values(t->numElements());
-            model.dequantize(*t, values.data());
-            out.write(values.data(), values.size() * sizeof(float));
+          {a.name, dtype, shape, false}, uint64_t(a.byteSize()),
+          [&weights, a](blm::BlobWriter &out) {
+            std::vector<uint8_t> bytes = weights.bytes(a.name, a.packing);
+            out.write(bytes.data(), bytes.size());
           });
     }
 
@@ -223,16 +249,18 @@ static int compileCpuArtifact(CompileArgs &args, const Model &model,
                                   role};
     };
     for (const codegen::cpu::TensorSignature &a : f.args) {
-      uint64_t size = uint64_t(a.numElements()) * 4;
+      uint64_t size = uint64_t(a.byteSize());
       if (a.isWeight) {
         dispatch.bindings.push_back({blm::BindingSource::Parameter,
                                      weightIndex.at(a.name), 0, size,
                                      blm::Access::Read});
         continue;
       }
-      dispatch.bindings.push_back({blm::BindingSource::Argument,
-                                   uint32_t(entry.arguments.size()), 0, size,
-                                   blm::Access::Read});
+      // The step updates a KV cache argument in place (see roleOf).
+      dispatch.bindings.push_back(
+          {blm::BindingSource::Argument, uint32_t(entry.arguments.size()), 0,
+           size,
+           isKvCache(a.name) ? blm::Access::ReadWrite : blm::Access::Read});
       entry.arguments.push_back(sig(a, roleOf(a.name)));
     }
     for (const codegen::cpu::TensorSignature &r : f.results) {
@@ -246,10 +274,10 @@ static int compileCpuArtifact(CompileArgs &args, const Model &model,
   }
   builder.write(args.output);
   std::printf("compiled %s for %s (%s) to %s: %zu entry points, %zu bytes of "
-              "native code\n",
+              "native code, %zu bytes of LLVM bitcode\n",
               args.model.c_str(), args.target.c_str(), target.cpu.c_str(),
               args.output.c_str(), entries.size(),
-              compiled.sharedObject.size());
+              compiled.sharedObject.size(), compiled.bitcode.size());
   return 0;
 }
 
@@ -283,10 +311,6 @@ int runCompile(CompileArgs &args) {
             .string();
     writeFileAtomically(path, text.data(), text.size());
   };
-  // CPU artifacts need the training entry points but no @generate_step
-  // (cached attention has no CPU lowering yet).
-  if (cpu)
-    last = std::min(last, 1);
   for (int phase = 0; phase <= last; ++phase) {
     mlir::PassManager pm(&context);
     if (phase == 0) {

@@ -7,7 +7,7 @@ namespace bitloom {
 
 NativeExecutor::NativeExecutor(codegen::cpu::CompiledCpuModule compiled,
                                const Model &model)
-    : compiled_(std::move(compiled)), model_(model) {
+    : compiled_(std::move(compiled)), model_(model), weightSource_(model) {
   library_ = hal::cpu::NativeLibrary::load("compiled step",
                                            compiled_.sharedObject.data(),
                                            compiled_.sharedObject.size());
@@ -21,24 +21,22 @@ NativeExecutor::run(const std::string &function,
     throw FormatError("", function, "not compiled into this module");
   std::vector<void *> bindings;
   for (const codegen::cpu::TensorSignature &arg : sig->args) {
-    const HostTensor *value = nullptr;
     if (arg.isWeight) {
       auto it = weights_.find(arg.name);
-      if (it == weights_.end()) {
-        const ModelTensor *t = model_.find(arg.name);
-        if (!t)
-          throw FormatError(model_.path(), arg.name, "weight not in model");
-        HostTensor w = HostTensor::floats(t->shape);
-        model_.dequantize(*t, w.data.data());
-        it = weights_.emplace(arg.name, std::move(w)).first;
-      }
-      value = &it->second;
-    } else {
-      auto it = arguments.find(arg.name);
-      if (it == arguments.end())
-        throw FormatError("", arg.name, "missing argument of @" + function);
-      value = &it->second;
+      if (it == weights_.end())
+        it = weights_
+                 .emplace(arg.name, weightSource_.bytes(arg.name, arg.packing))
+                 .first;
+      if (int64_t(it->second.size()) != arg.byteSize())
+        throw FormatError(model_.path(), arg.name,
+                          "does not match the compiled size of @" + function);
+      bindings.push_back(it->second.data());
+      continue;
     }
+    auto it = arguments.find(arg.name);
+    if (it == arguments.end())
+      throw FormatError("", arg.name, "missing argument of @" + function);
+    const HostTensor *value = &it->second;
     if (value->shape != arg.shape || value->isInt != arg.isInt)
       throw FormatError("", arg.name,
                         "does not match the compiled shape of @" + function);

@@ -10,6 +10,7 @@
 #define BITLOOM_TOOLS_BITLOOM_NATIVEEXECUTOR_H
 
 #include "codegen/cpu/CompileCpu.h"
+#include "model/TernaryWeights.h"
 #include "codegen/reference/Interpreter.h"
 #include "hal/cpu/NativeLibrary.h"
 #include "model/Model.h"
@@ -24,8 +25,8 @@ using reference::HostTensor;
 
 class NativeExecutor {
 public:
-  /// Loads `compiled`'s shared object; frozen weights come from `model`
-  /// (dequantized once, as the compiled code takes f32 weights for now).
+  /// Loads `compiled`'s shared object; frozen weights come from `model`,
+  /// prepared once in the form the code takes (f32 or packed ternary).
   NativeExecutor(codegen::cpu::CompiledCpuModule compiled, const Model &model);
 
   /// Arguments by loom.name (weights excluded: bound from the model);
@@ -38,7 +39,8 @@ private:
   codegen::cpu::CompiledCpuModule compiled_;
   const Model &model_;
   std::unique_ptr<hal::cpu::NativeLibrary> library_;
-  std::map<std::string, HostTensor> weights_;
+  CpuWeightSource weightSource_;
+  std::map<std::string, std::vector<uint8_t>> weights_;
 };
 
 } // namespace bitloom

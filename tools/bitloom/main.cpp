@@ -9,6 +9,7 @@
 
 #include "artifact/Artifact.h"
 #include "artifact/Describe.h"
+#include "codegen/native/NativeEmitter.h"
 #include "dialects/loom/LoomDialect.h"
 #include "formats/Error.h"
 #include "formats/Gguf.h"
@@ -20,17 +21,30 @@
 
 #include "mlir/IR/Verifier.h"
 #include "mlir/Pass/PassManager.h"
+#include "llvm/Bitcode/BitcodeReader.h"
+#include "llvm/IR/InstIterator.h"
+#include "llvm/IR/Instructions.h"
+#include "llvm/IR/LLVMContext.h"
+#include "llvm/IR/LegacyPassManager.h"
+#include "llvm/IR/Module.h"
+#include "llvm/Support/MemoryBuffer.h"
 #include "llvm/Support/raw_ostream.h"
+#include "llvm/Target/TargetMachine.h"
+#include "llvm/Transforms/Utils/Cloning.h"
 
 #include <CLI/CLI.hpp>
 
+#include <cctype>
 #include <cinttypes>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <set>
 #include <sstream>
+
+#include <unistd.h>
 
 using namespace bitloom;
 
@@ -175,14 +189,229 @@ int runImport(const ImportArgs &args) {
 // inspect
 //===----------------------------------------------------------------------===//
 
-int runInspect(const std::string &path, bool stats) {
+/// The code of one kernel in the artifact's llvm-bc executable: the kernel
+/// (`<entry>_packed`), the entry point it calls and every function LLVM's
+/// loop extractor made of a loop nest that they call, transitively.
+struct KernelCode {
+  std::string kernel;
+  std::vector<llvm::Function *> functions; // definitions, the kernel first
+  int64_t loopFunctions = 0;               // internal ones (extracted loops)
+  std::map<std::string, int64_t> ukernelCalls; // bitloom_uk_* call sites
+  int64_t numUkernelCalls() const {
+    int64_t n = 0;
+    for (auto &[name, calls] : ukernelCalls)
+      n += calls;
+    return n;
+  }
+};
+
+/// The optimized LLVM module a CPU artifact carries beside its shared object
+/// (CompileCommand.cpp), with each kernel's functions.
+struct ArtifactIR {
+  size_t executable = 0;
+  llvm::LLVMContext context;
+  std::unique_ptr<llvm::Module> module;
+  std::vector<KernelCode> kernels;
+};
+
+KernelCode kernelCode(llvm::Module &module, const std::string &kernel,
+                      const std::string &where) {
+  KernelCode code;
+  code.kernel = kernel;
+  llvm::Function *root = module.getFunction(kernel);
+  if (!root || root->isDeclaration())
+    throw FormatError(where, kernel, "the LLVM module does not define it");
+  std::set<llvm::Function *> seen = {root};
+  code.functions.push_back(root);
+  for (size_t i = 0; i < code.functions.size(); ++i)
+    for (llvm::Instruction &inst : llvm::instructions(*code.functions[i]))
+      for (llvm::Value *operand : inst.operands()) {
+        auto *callee = llvm::dyn_cast<llvm::Function>(operand);
+        if (!callee)
+          continue;
+        auto *call = llvm::dyn_cast<llvm::CallBase>(&inst);
+        if (call && call->getCalledOperand() == callee &&
+            callee->getName().starts_with("bitloom_uk_"))
+          ++code.ukernelCalls[callee->getName().str()];
+        if (!callee->isDeclaration() && seen.insert(callee).second) {
+          code.functions.push_back(callee);
+          if (callee->hasLocalLinkage())
+            ++code.loopFunctions;
+        }
+      }
+  return code;
+}
+
+/// Parses the artifact's llvm-bc executable; null when it has none (an
+/// artifact from before it was added).
+std::unique_ptr<ArtifactIR> readArtifactIR(const blm::Artifact &artifact) {
+  for (size_t i = 0; i < artifact.numExecutables(); ++i) {
+    const blm::fb::Executable &exe = artifact.executable(i);
+    if (exe.format()->str() != "llvm-bc")
+      continue;
+    std::string where = artifact.path() + ": executable " + std::to_string(i);
+    auto ir = std::make_unique<ArtifactIR>();
+    ir->executable = i;
+    blm::ByteSpan bytes = artifact.executableData(i);
+    llvm::MemoryBufferRef buffer(
+        llvm::StringRef(reinterpret_cast<const char *>(bytes.data()),
+                        bytes.size()),
+        where);
+    llvm::Expected<std::unique_ptr<llvm::Module>> module =
+        llvm::parseBitcodeFile(buffer, ir->context);
+    if (!module)
+      throw FormatError(where, "llvm-bc", llvm::toString(module.takeError()));
+    ir->module = std::move(*module);
+    for (uint32_t k = 0; exe.kernels() && k < exe.kernels()->size(); ++k)
+      ir->kernels.push_back(kernelCode(
+          *ir->module, exe.kernels()->Get(k)->name()->str(), where));
+    return ir;
+  }
+  return nullptr;
+}
+
+/// A module of just `code`'s functions, the globals they use and
+/// declarations of what they call.
+std::unique_ptr<llvm::Module> kernelModule(const llvm::Module &module,
+                                           const KernelCode &code) {
+  std::set<const llvm::GlobalValue *> keep(code.functions.begin(),
+                                           code.functions.end());
+  llvm::ValueToValueMapTy map;
+  std::unique_ptr<llvm::Module> result =
+      llvm::CloneModule(module, map, [&](const llvm::GlobalValue *value) {
+        return !llvm::isa<llvm::Function>(value) || keep.count(value);
+      });
+  for (bool changed = true; changed;) {
+    changed = false;
+    for (llvm::Function &f : llvm::make_early_inc_range(result->functions())) {
+      f.removeDeadConstantUsers();
+      if (f.isDeclaration() && f.use_empty()) {
+        f.eraseFromParent();
+        changed = true;
+      }
+    }
+    for (llvm::GlobalVariable &g :
+         llvm::make_early_inc_range(result->globals())) {
+      g.removeDeadConstantUsers();
+      if (g.use_empty()) {
+        g.eraseFromParent();
+        changed = true;
+      }
+    }
+  }
+  return result;
+}
+
+/// Kernel names become file names.
+std::string fileStem(const std::string &kernel) {
+  llvm::StringRef name(kernel);
+  name.consume_back("_packed");
+  std::string stem;
+  for (char c : name)
+    stem += std::isalnum(static_cast<unsigned char>(c)) || c == '_' ||
+                    c == '-' || c == '.'
+                ? c
+                : '_';
+  return stem.empty() || stem[0] == '.' ? "_" + stem : stem;
+}
+
+/// Writes DIR/<entry>.ll and DIR/<entry>.s per kernel and DIR/index.txt.
+void dumpKernels(const blm::Artifact &artifact, ArtifactIR &ir,
+                 const std::string &dir) {
+  blm::TargetInfo info = artifact.target();
+  const blm::fb::Executable &exe = artifact.executable(ir.executable);
+  std::string targetName =
+      exe.target() && exe.target()->size() ? exe.target()->str() : info.name;
+  native::NativeTarget target =
+      native::resolveNativeTarget(targetName, info.cpu);
+  for (size_t i = 0; i < info.features.size(); ++i)
+    target.features += (i ? "," : "") + info.features[i];
+  std::unique_ptr<llvm::TargetMachine> machine =
+      native::createTargetMachine(target);
+
+  namespace fs = std::filesystem;
+  std::string index = "# bitloom inspect --dump-kernels\nartifact: " +
+                      artifact.path() + "\ntarget: " + targetName + " (" +
+                      target.triple + "), cpu " + target.cpu +
+                      (target.features.empty() ? "" : ", features ") +
+                      target.features + "\n";
+  for (const KernelCode &code : ir.kernels) {
+    std::string stem = fileStem(code.kernel);
+    std::unique_ptr<llvm::Module> module = kernelModule(*ir.module, code);
+    std::string text;
+    llvm::raw_string_ostream os(text);
+    module->print(os, nullptr);
+    writeFileAtomically((fs::path(dir) / (stem + ".ll")).string(), text.data(),
+                        text.size());
+
+    module->setDataLayout(machine->createDataLayout());
+    llvm::SmallString<0> assembly;
+    llvm::raw_svector_ostream asmStream(assembly);
+    llvm::legacy::PassManager pm;
+    if (machine->addPassesToEmitFile(pm, asmStream, nullptr,
+                                     llvm::CodeGenFileType::AssemblyFile))
+      throw FormatError(artifact.path(), code.kernel,
+                        "LLVM cannot emit assembly for " + targetName);
+    pm.run(*module);
+    writeFileAtomically((fs::path(dir) / (stem + ".s")).string(),
+                        assembly.data(), assembly.size());
+
+    index += "kernel " + code.kernel + ": " + stem + ".ll " + stem + ".s, " +
+             std::to_string(code.functions.size()) + " functions, " +
+             std::to_string(code.loopFunctions) +
+             " extracted loop functions, " +
+             std::to_string(code.numUkernelCalls()) +
+             " bitloom_uk_* call sites\n";
+    for (auto &[name, calls] : code.ukernelCalls)
+      index += "  " + name + ": " + std::to_string(calls) + " call sites\n";
+  }
+  writeFileAtomically((fs::path(dir) / "index.txt").string(), index.data(),
+                      index.size());
+  std::printf("wrote the LLVM IR and assembly of %zu kernels to %s\n",
+              ir.kernels.size(), dir.c_str());
+}
+
+int runInspect(const std::string &path, bool stats,
+               const std::string &dumpDir) {
   if (std::filesystem::path(path).extension() == ".blm") {
     std::unique_ptr<blm::Artifact> artifact = blm::Artifact::open(path);
     if (stats)
       artifact->verify(/*full=*/true); // every weight's checksum
-    blm::describeArtifact(*artifact, std::cout);
+    std::unique_ptr<ArtifactIR> ir = readArtifactIR(*artifact);
+    if (!dumpDir.empty()) {
+      if (!ir)
+        throw FormatError(path, "--dump-kernels",
+                          "the artifact has no llvm-bc executable (it was "
+                          "compiled before bitloom kept its LLVM IR); "
+                          "compile it again");
+      std::error_code error;
+      std::filesystem::create_directories(dumpDir, error);
+      if (!std::filesystem::is_directory(dumpDir))
+        throw FormatError(dumpDir, "--dump-kernels",
+                          "cannot create the directory" +
+                              (error ? ": " + error.message() : ""));
+      if (::access(dumpDir.c_str(), W_OK | X_OK) != 0)
+        throw FormatError(dumpDir, "--dump-kernels",
+                          "the directory is not writable");
+    }
+    blm::DescribeOptions options;
+    if (ir)
+      for (const KernelCode &code : ir->kernels)
+        options.kernelNotes[code.kernel] =
+            "code (executable " + std::to_string(ir->executable) +
+            ", llvm-bc): " + std::to_string(code.loopFunctions) +
+            " extracted loop functions, " +
+            std::to_string(code.numUkernelCalls()) +
+            " bitloom_uk_* call sites";
+    blm::describeArtifact(*artifact, std::cout, options);
+    std::cout.flush();
+    if (!dumpDir.empty())
+      dumpKernels(*artifact, *ir, dumpDir);
     return 0;
   }
+  if (!dumpDir.empty())
+    throw FormatError(path, "--dump-kernels",
+                      "only a compiled .blm artifact has kernels");
   std::unique_ptr<Model> model = Model::open(path);
   std::printf("format: %s\n",
               model->format() == ModelFormat::Gguf ? "gguf" : "huggingface");
@@ -298,13 +527,19 @@ int main(int argc, char **argv) {
   std::string inspectPath;
   bool inspectStats = false;
   auto *inspect =
-      app.add_subcommand("inspect", "list a model's metadata and tensors");
+      app.add_subcommand("inspect", "list a model's metadata and tensors, or "
+                                    "a compiled artifact's entry points, "
+                                    "kernels and parameters");
   inspect
       ->add_option("model", inspectPath,
                    "model directory, .gguf file or compiled .blm")
       ->required();
   inspect->add_flag("--stats", inspectStats,
                     "count, sum and sum of squares of dequantized values");
+  std::string inspectDumpKernels;
+  inspect->add_option("--dump-kernels", inspectDumpKernels,
+                      ".blm: write each kernel's LLVM IR and assembly to "
+                      "DIR/<entry>.ll, DIR/<entry>.s and DIR/index.txt");
 
   std::string tokModel, tokText, tokFile;
   bool tokNoSpecial = false;
@@ -336,7 +571,7 @@ int main(int argc, char **argv) {
     if (*imp)
       return runImport(importArgs);
     if (*inspect)
-      return runInspect(inspectPath, inspectStats);
+      return runInspect(inspectPath, inspectStats, inspectDumpKernels);
     if (*stepArgs.command)
       return runStep(stepArgs);
     if (*trainArgs.command)

@@ -1,5 +1,6 @@
 // RUN: bitloom-opt %inputs/one-layer.mlir -loom-specialize-shapes="batch=2 seq-len=5" | FileCheck %s
 // RUN: bitloom-opt %inputs/one-layer.mlir -loom-autodiff -loom-specialize-shapes="batch=3 seq-len=7" | FileCheck %s --check-prefix=STEPS
+// RUN: bitloom-opt %inputs/one-layer.mlir -loom-build-generate=max-tokens=64 -loom-specialize-shapes="batch=3 seq-len=7" | FileCheck %s --check-prefix=GEN
 // RUN: bitloom-opt %s -split-input-file -verify-diagnostics -loom-specialize-shapes="batch=2 seq-len=5"
 
 // Signatures and every op result get the static batch and tokens.
@@ -16,6 +17,15 @@
 // STEPS: loom.attention_grad {{.*}} -> (tensor<3x7x16xf32>, tensor<3x7x8xf32>, tensor<3x7x8xf32>)
 // STEPS: loom.lora_grad_params {{.*}} -> (tensor<4x16xf32>, tensor<16x4xf32>)
 // STEPS-NOT: ?x
+
+// @generate_step is a decoder step whatever the training shape: one
+// sequence, one token per call; its caches keep max-tokens.
+// GEN-LABEL: func.func @generate_step
+// GEN-SAME: tensor<1x64x8xf32> {loom.name = "key_cache.0"}
+// GEN-SAME: tensor<1x1xi32> {loom.name = "tokens"}
+// GEN-SAME: -> (tensor<1x1x32xf32> {loom.name = "logits"}, tensor<1x64x8xf32> {loom.name = "key_cache.0"}
+// GEN: loom.cached_attention {{.*}} -> (tensor<1x1x16xf32>, tensor<1x64x8xf32>, tensor<1x64x8xf32>)
+// GEN-NOT: ?x
 
 // -----
 

@@ -1,0 +1,64 @@
+//===- Commands.h - bitloom-run subcommands ---------------------*- C++ -*-===//
+#ifndef BITLOOM_RUN_COMMANDS_H
+#define BITLOOM_RUN_COMMANDS_H
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace CLI {
+class App;
+} // namespace CLI
+
+namespace bitloom::run {
+
+struct TrainArgs {
+  std::string artifact, data, out = "adapter", format = "auto";
+  int64_t steps = 0, epochs = 1, warmup = 0, gradAccum = 1;
+  double lr = 2e-3, valSplit = 0.0;
+  std::string schedule = "constant";
+  uint64_t seed = 0;
+  int64_t saveEvery = 0, stopAfter = 0, logEvery = 10;
+  std::string resume, adapter, progress = "auto";
+  bool exportGguf = false;
+  int threads = 0;
+};
+
+struct EvalArgs {
+  std::string artifact, data, adapter, format = "auto";
+  bool json = false;
+  int threads = 0;
+};
+
+struct BenchArgs {
+  std::string artifact;
+  std::vector<std::string> entries;
+  int64_t steps = 10, warmup = 2;
+  uint64_t seed = 0;
+  bool json = false;
+  int threads = 0;
+};
+
+struct GenerateArgs {
+  std::string artifact, prompt, adapter;
+  int64_t maxNewTokens = 64;
+  double temperature = 0.0, topP = 1.0;
+  uint64_t seed = 0;
+  bool chat = false, printIds = false;
+  int threads = 0;
+};
+
+void addTrainCommand(CLI::App &app, TrainArgs &args);
+void addEvalCommand(CLI::App &app, EvalArgs &args);
+void addBenchCommand(CLI::App &app, BenchArgs &args);
+int runTrain(const TrainArgs &args);
+int runEval(const EvalArgs &args);
+int runBench(const BenchArgs &args);
+
+/// --threads: sets the micro-kernels' thread count (0: their default) and
+/// returns the count in effect.
+int applyThreads(int threads);
+
+} // namespace bitloom::run
+
+#endif // BITLOOM_RUN_COMMANDS_H

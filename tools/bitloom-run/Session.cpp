@@ -1,0 +1,631 @@
+//===- Session.cpp - An opened artifact, its buffers and state ------------===//
+#include "Session.h"
+
+#include "formats/Error.h"
+#include "hal/cpu/NativeLibrary.h"
+#include "tokenizer/Tokenizer.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <random>
+
+namespace bitloom::run {
+
+namespace {
+
+size_t elementSize(const std::string &dtype) {
+  if (dtype == "f32" || dtype == "i32" || dtype == "u32")
+    return 4;
+  if (dtype == "f16" || dtype == "bf16" || dtype == "i16")
+    return 2;
+  if (dtype == "i8" || dtype == "u8")
+    return 1;
+  if (dtype == "f64" || dtype == "i64")
+    return 8;
+  return 0;
+}
+
+std::string hex64(uint64_t v) {
+  char buf[19];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+struct Fnv {
+  uint64_t h = 1469598103934665603ull;
+  void bytes(const void *p, size_t n) {
+    const auto *b = static_cast<const uint8_t *>(p);
+    for (size_t i = 0; i < n; ++i)
+      h = (h ^ b[i]) * 1099511628211ull;
+  }
+  void u64(uint64_t v) {
+    uint8_t b[8];
+    for (int i = 0; i < 8; ++i)
+      b[i] = uint8_t(v >> (8 * i));
+    bytes(b, 8);
+  }
+  void str(const std::string &s) {
+    u64(s.size());
+    bytes(s.data(), s.size());
+  }
+};
+
+bool isState(blm::Role role) {
+  return role == blm::Role::Parameter || role == blm::Role::OptimizerState;
+}
+
+} // namespace
+
+std::string shapeText(const std::vector<int64_t> &shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i)
+    s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+//===----------------------------------------------------------------------===//
+// HostBuffer
+//===----------------------------------------------------------------------===//
+
+void HostBuffer::Free::operator()(uint8_t *p) const { std::free(p); }
+
+HostBuffer::HostBuffer(std::string name, std::string dtype,
+                       std::vector<int64_t> shape, blm::Role role,
+                       size_t elementSize)
+    : name_(std::move(name)), dtype_(std::move(dtype)),
+      shape_(std::move(shape)), role_(role) {
+  elements_ = 1;
+  for (int64_t d : shape_)
+    elements_ *= d;
+  bytes_ = size_t(elements_) * elementSize;
+  size_t rounded = (std::max<size_t>(bytes_, 1) + 63) / 64 * 64;
+  storage_.reset(static_cast<uint8_t *>(std::aligned_alloc(64, rounded)));
+  if (!storage_)
+    throw std::bad_alloc();
+  std::memset(storage_.get(), 0, rounded);
+}
+
+void HostBuffer::zero() {
+  if (storage_)
+    std::memset(storage_.get(), 0, bytes_);
+}
+
+void HostBuffer::swapStorage(HostBuffer &other) {
+  if (other.bytes_ != bytes_)
+    throw std::logic_error("swapStorage: " + name_ + " sizes differ");
+  std::swap(storage_, other.storage_);
+}
+
+//===----------------------------------------------------------------------===//
+// Entry
+//===----------------------------------------------------------------------===//
+
+HostBuffer *Entry::input(const std::string &name) {
+  auto it = argIndex_.find(name);
+  if (it == argIndex_.end() || argSlot_[it->second] < 0)
+    return nullptr;
+  return &args_[size_t(argSlot_[it->second])];
+}
+
+HostBuffer &Entry::requireInput(const std::string &name) {
+  HostBuffer *b = input(name);
+  if (!b)
+    throw FormatError("", name_, "entry point has no argument '" + name + "'");
+  return *b;
+}
+
+HostBuffer *Entry::result(const std::string &name) {
+  auto it = resultIndex_.find(name);
+  return it == resultIndex_.end() ? nullptr : &results_[it->second];
+}
+
+float Entry::scalar(const std::string &name) {
+  HostBuffer *b = result(name);
+  if (!b || b->dtype() != "f32" || b->elements() < 1)
+    throw FormatError("", name_, "entry point has no f32 result '" + name + "'");
+  return b->f32()[0];
+}
+
+void Entry::setScalar(const std::string &name, float value) {
+  if (HostBuffer *b = input(name))
+    if (b->dtype() == "f32" && b->elements() >= 1)
+      b->f32()[0] = value;
+}
+
+void Entry::setBatch(const trainer::Batch &batch) {
+  HostBuffer &tokens = requireInput("tokens");
+  HostBuffer &labels = requireInput("labels");
+  HostBuffer &mask = requireInput("loss_mask");
+  HostBuffer *positions = input("positions");
+  int64_t rows = batch.rows, seqLen = batch.seqLen;
+  if (tokens.elements() != rows * seqLen || labels.elements() != rows * seqLen ||
+      mask.elements() != rows * seqLen)
+    throw FormatError("", name_,
+                      "batch of " + std::to_string(rows) + " x " +
+                          std::to_string(seqLen) +
+                          " does not fit tokens " + shapeText(tokens.shape()));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t t = 0; t < seqLen; ++t) {
+      size_t k = size_t(r * seqLen + t);
+      tokens.i32()[k] = batch.ids[k];
+      if (positions)
+        positions->i32()[k] = int32_t(t);
+      labels.i32()[k] = t + 1 < seqLen ? batch.ids[k + 1] : 0;
+      mask.f32()[k] = t + 1 < seqLen ? batch.lossMask[k + 1] : 0.0f;
+    }
+}
+
+size_t Entry::ownedBytes() const {
+  size_t n = 0;
+  for (const HostBuffer &b : args_)
+    n += b.bytes();
+  for (const HostBuffer &b : results_)
+    n += b.bytes();
+  return n;
+}
+
+int64_t Entry::tokensPerCall() const {
+  auto it = argIndex_.find("tokens");
+  if (it == argIndex_.end() || argSlot_[it->second] < 0)
+    return 0;
+  return args_[size_t(argSlot_[it->second])].elements();
+}
+
+//===----------------------------------------------------------------------===//
+// Session
+//===----------------------------------------------------------------------===//
+
+Session::Session(const std::string &path) : path_(path) {
+  artifact_ = blm::Artifact::open(path);
+  blm::CompileOptions shape = artifact_->compileOptions();
+  seqLen_ = int64_t(shape.seqLen);
+  batch_ = int64_t(shape.batchSize);
+  blm::ModelConfig mc = artifact_->modelConfig();
+  model_.vocabSize = int64_t(mc.vocabSize);
+  model_.hiddenSize = int64_t(mc.hiddenSize);
+  model_.intermediateSize = int64_t(mc.intermediateSize);
+  model_.numLayers = int64_t(mc.numLayers);
+  model_.numHeads = int64_t(mc.numHeads);
+  model_.numKvHeads = int64_t(mc.numKvHeads);
+  model_.headDim = int64_t(mc.headDim);
+  model_.maxPositionEmbeddings = int64_t(mc.maxPositionEmbeddings);
+  model_.rmsNormEps = mc.rmsNormEps;
+  model_.ropeTheta = mc.ropeTheta;
+  model_.tieWordEmbeddings = mc.tieWordEmbeddings;
+  if (mc.bosTokenId >= 0)
+    model_.bosTokenId = mc.bosTokenId;
+  if (mc.eosTokenId >= 0)
+    model_.eosTokenId = mc.eosTokenId;
+  blm::LoraConfig lc = artifact_->loraConfig();
+  lora_.rank = lc.rank;
+  lora_.alpha = lc.alpha;
+  lora_.dropout = lc.dropout;
+  lora_.targets = lc.targets;
+  lora_.baseModel = metadata("source_model");
+
+  // Trainable parameters: role Parameter in any entry point, with one shape.
+  for (size_t e = 0; e < artifact_->numEntryPoints(); ++e) {
+    const blm::fb::EntryPoint &ep = artifact_->entryPoint(e);
+    if (!ep.arguments())
+      continue;
+    for (const blm::fb::TensorSig *sig : *ep.arguments()) {
+      if (sig->role() != blm::Role::Parameter)
+        continue;
+      HostBuffer b = makeBuffer(sig, ep.name()->str());
+      auto it = state_.find(b.name());
+      if (it != state_.end()) {
+        if (it->second.shape() != b.shape() || it->second.dtype() != b.dtype())
+          throw FormatError(path_, ep.name()->str() + ": " + b.name(),
+                            "shape " + shapeText(b.shape()) +
+                                " differs from another entry point's " +
+                                shapeText(it->second.shape()));
+        continue;
+      }
+      params_.push_back(b.name());
+      std::string name = b.name();
+      state_.emplace(name, std::move(b));
+    }
+  }
+}
+
+Session::~Session() = default;
+
+std::string Session::metadata(const std::string &key) const {
+  for (auto &[k, v] : artifact_->metadata())
+    if (k == key)
+      return v;
+  return "";
+}
+
+const Tokenizer &Session::tokenizer() {
+  if (!tokenizer_) {
+    std::string json = metadata("tokenizer.json");
+    if (json.empty())
+      throw FormatError(path_, "tokenizer.json",
+                        "the artifact carries no tokenizer");
+    tokenizer_ = Tokenizer::fromHfJsonString(json, path_);
+  }
+  return *tokenizer_;
+}
+
+const trainer::ChatTemplate *Session::chatTemplate() {
+  if (!chatLoaded_) {
+    chatLoaded_ = true;
+    std::string source = metadata("chat_template");
+    if (!source.empty())
+      chat_ = trainer::ChatTemplate::fromSource(
+          source, metadata("bos_token"), metadata("eos_token"), path_,
+          "chat_template");
+  }
+  return chat_ ? &*chat_ : nullptr;
+}
+
+trainer::Dataset Session::loadDataset(const std::string &path,
+                                      const std::string &format) {
+  trainer::DatasetOptions options;
+  options.seqLen = seqLen_;
+  if (format == "text")
+    options.format = trainer::DatasetFormat::Text;
+  else if (format == "jsonl")
+    options.format = trainer::DatasetFormat::Chat;
+  else if (format != "auto")
+    throw FormatError("", "--format",
+                      "unknown format '" + format + "' (auto, text or jsonl)");
+  const Tokenizer &tok = tokenizer();
+  trainer::Dataset dataset =
+      trainer::Dataset::load(path, tok, chatTemplate(), options);
+  if (dataset.samples().empty())
+    throw FormatError(path, "",
+                      "no samples with a prediction target (" +
+                          dataset.stats().summary() + ")");
+  return dataset;
+}
+
+bool Session::hasEntry(const std::string &name) const {
+  return artifact_->findEntryPoint(name) != nullptr;
+}
+
+HostBuffer Session::makeBuffer(const blm::fb::TensorSig *sig,
+                               const std::string &entry) const {
+  std::string name = sig->name()->str();
+  std::string dtype = sig->dtype() ? sig->dtype()->str() : "f32";
+  size_t size = elementSize(dtype);
+  if (size == 0)
+    throw FormatError(path_, entry + ": " + name,
+                      "unsupported dtype '" + dtype + "'");
+  std::vector<int64_t> shape;
+  if (sig->shape())
+    for (int64_t d : *sig->shape()) {
+      if (d < 0)
+        throw FormatError(path_, entry + ": " + name,
+                          "dynamic shape " + shapeText({d}) +
+                              ": the runtime binds static shapes only");
+      shape.push_back(d);
+    }
+  return HostBuffer(name, dtype, shape, sig->role(), size);
+}
+
+hal::cpu::NativeLibrary &Session::library(uint32_t executable) {
+  auto it = libraries_.find(executable);
+  if (it != libraries_.end())
+    return *it->second;
+  const blm::fb::Executable &exe = artifact_->executable(executable);
+  std::string format = exe.format() ? exe.format()->str() : "";
+  if (format != "elf-shared")
+    throw FormatError(path_, "executable " + std::to_string(executable),
+                      "format '" + format +
+                          "' cannot run on the CPU runtime (elf-shared)");
+  blm::ByteSpan code = artifact_->executableData(executable);
+  auto lib = hal::cpu::NativeLibrary::load(
+      path_ + ": executable " + std::to_string(executable), code.data(),
+      code.size());
+  return *(libraries_[executable] = std::move(lib));
+}
+
+uint8_t *Session::arena() {
+  const blm::fb::MemoryPlan *plan = artifact_->memoryPlan();
+  if (!plan)
+    throw FormatError(path_, "memory_plan",
+                      "a dispatch binds an arena slot but there is no plan");
+  if (!arena_.data())
+    arena_ = HostBuffer("arena", "u8", {int64_t(plan->arena_size())},
+                        blm::Role::Input, 1);
+  return static_cast<uint8_t *>(arena_.data());
+}
+
+Entry &Session::entry(const std::string &name) {
+  auto found = entries_.find(name);
+  if (found != entries_.end())
+    return *found->second;
+  const blm::fb::EntryPoint *ep = artifact_->findEntryPoint(name);
+  if (!ep)
+    throw FormatError(path_, name,
+                      "the artifact has no such entry point (recompile it "
+                      "with a bitloom that builds it)");
+  if (!ep->dispatches() || ep->dispatches()->size() == 0)
+    throw FormatError(path_, name, "entry point without dispatches");
+  auto e = std::make_unique<Entry>();
+  e->name_ = name;
+  e->sig_ = ep;
+  size_t nargs = ep->arguments() ? ep->arguments()->size() : 0;
+  e->argSlot_.assign(nargs, -1);
+  e->argState_.assign(nargs, "");
+  for (size_t i = 0; i < nargs; ++i) {
+    const blm::fb::TensorSig *sig = ep->arguments()->Get(uint32_t(i));
+    HostBuffer b = makeBuffer(sig, name);
+    e->argIndex_[b.name()] = i;
+    if (isState(sig->role())) {
+      auto it = state_.find(b.name());
+      if (it == state_.end()) {
+        std::string n = b.name();
+        state_.emplace(n, std::move(b));
+      } else if (it->second.shape() != b.shape() ||
+                 it->second.dtype() != b.dtype()) {
+        throw FormatError(path_, name + ": " + b.name(),
+                          "shape " + shapeText(b.shape()) +
+                              " differs from another entry point's " +
+                              shapeText(it->second.shape()));
+      }
+      e->argState_[i] = sig->name()->str();
+      continue;
+    }
+    e->argSlot_[i] = int(e->args_.size());
+    e->args_.push_back(std::move(b));
+  }
+  if (ep->results())
+    for (const blm::fb::TensorSig *sig : *ep->results()) {
+      HostBuffer b = makeBuffer(sig, name);
+      auto st = state_.find(b.name());
+      if (st != state_.end() && st->second.bytes() != b.bytes())
+        throw FormatError(path_, name + ": result " + b.name(),
+                          "shape " + shapeText(b.shape()) +
+                              " differs from the argument's " +
+                              shapeText(st->second.shape()));
+      e->resultIndex_[b.name()] = e->results_.size();
+      e->results_.push_back(std::move(b));
+    }
+  for (const blm::fb::Dispatch *d : *ep->dispatches()) {
+    const blm::fb::Executable &exe = artifact_->executable(d->executable());
+    const blm::fb::Kernel *kernel = exe.kernels()->Get(d->kernel());
+    const blm::fb::Dim3 *grid = d->workgroup_count();
+    if (grid && uint64_t(grid->x()) * grid->y() * grid->z() > 1)
+      throw FormatError(path_, name + ": " + kernel->name()->str(),
+                        "workgroup grids are not supported by this runtime "
+                        "yet (the kernel is called once)");
+    Entry::Call call;
+    call.fn = library(d->executable()).lookup(kernel->name()->str());
+    call.dispatch = d;
+    call.bindings.resize(d->bindings() ? d->bindings()->size() : 0);
+    e->calls_.push_back(std::move(call));
+  }
+  Entry &ref = *e;
+  entries_[name] = std::move(e);
+  return ref;
+}
+
+void Session::run(Entry &e) {
+  for (Entry::Call &call : e.calls_) {
+    const auto *bindings = call.dispatch->bindings();
+    for (uint32_t k = 0; bindings && k < bindings->size(); ++k) {
+      const blm::fb::Binding *b = bindings->Get(k);
+      uint8_t *base = nullptr;
+      switch (b->source()) {
+      case blm::BindingSource::Parameter:
+        // Frozen weights are read in place from the mapping.
+        base = const_cast<uint8_t *>(artifact_->parameterData(b->index()).data());
+        break;
+      case blm::BindingSource::Argument: {
+        size_t i = b->index();
+        if (i >= e.argSlot_.size())
+          throw FormatError(path_, e.name_, "binding to a missing argument");
+        base = static_cast<uint8_t *>(
+            e.argSlot_[i] >= 0 ? e.args_[size_t(e.argSlot_[i])].data()
+                               : state_.at(e.argState_[i]).data());
+        break;
+      }
+      case blm::BindingSource::Result:
+        if (b->index() >= e.results_.size())
+          throw FormatError(path_, e.name_, "binding to a missing result");
+        base = static_cast<uint8_t *>(e.results_[b->index()].data());
+        break;
+      case blm::BindingSource::ArenaSlot:
+        base = arena() +
+               artifact_->memoryPlan()->slots()->Get(b->index())->offset();
+        break;
+      default:
+        throw FormatError(path_, e.name_, "unknown binding source");
+      }
+      call.bindings[k] = base + b->offset();
+    }
+    call.fn(call.bindings.data());
+  }
+  // New values of state tensors become current.
+  for (HostBuffer &r : e.results_) {
+    auto it = state_.find(r.name());
+    if (it != state_.end())
+      it->second.swapStorage(r);
+  }
+}
+
+HostBuffer *Session::state(const std::string &name) {
+  auto it = state_.find(name);
+  return it == state_.end() ? nullptr : &it->second;
+}
+
+void Session::initFresh(uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  for (const std::string &name : params_) {
+    HostBuffer &b = state_.at(name);
+    if (b.dtype() != "f32")
+      throw FormatError(path_, name, "trainable tensors must be f32");
+    if (name.find(".lora_A.") != std::string::npos) {
+      // PEFT: kaiming_uniform_(a=sqrt(5)) -> U(-1/sqrt(fan_in), +).
+      int64_t fanIn = b.shape().size() == 2 ? b.shape()[1] : 1;
+      double bound = 1.0 / std::sqrt(double(fanIn));
+      std::uniform_real_distribution<double> u(-bound, bound);
+      for (int64_t i = 0; i < b.elements(); ++i)
+        b.f32()[i] = float(u(rng));
+    } else if (name.find(".lora_B.") != std::string::npos) {
+      b.zero();
+    } else {
+      std::optional<size_t> p = artifact_->findParameter(name);
+      if (!p || artifact_->parameter(*p).dtype()->str() != "f32" ||
+          artifact_->parameterData(*p).size() != b.bytes())
+        throw FormatError(path_, name,
+                          "trainable tensor without an f32 initial value in "
+                          "the artifact's parameters");
+      std::memcpy(b.data(), artifact_->parameterData(*p).data(), b.bytes());
+    }
+  }
+  for (auto &[name, b] : state_)
+    if (b.role() == blm::Role::OptimizerState)
+      b.zero();
+}
+
+void Session::setTensors(const trainer::TensorMap &tensors,
+                         const std::string &source, bool requireAll) {
+  for (const auto &[name, t] : tensors) {
+    auto it = state_.find(name);
+    if (it == state_.end() || it->second.role() != blm::Role::Parameter)
+      throw FormatError(source, name,
+                        "not a trainable tensor of " + path_ +
+                            " (compiled for LoRA rank " +
+                            std::to_string(lora_.rank) + ")");
+    if (t.shape != it->second.shape() ||
+        int64_t(t.data.size()) != it->second.elements())
+      throw FormatError(source, name,
+                        "shape " + shapeText(t.shape) + " but " + path_ +
+                            " needs " + shapeText(it->second.shape()));
+  }
+  if (requireAll)
+    for (const std::string &name : params_)
+      if (!tensors.count(name))
+        throw FormatError(source, name, "missing");
+  for (const auto &[name, t] : tensors)
+    std::memcpy(state_.at(name).data(), t.data.data(),
+                t.data.size() * sizeof(float));
+}
+
+void Session::loadAdapter(const std::string &path) {
+  trainer::LoadedAdapter a = trainer::importAdapter(path, &model_);
+  bool peft = a.format == trainer::AdapterFormat::Peft;
+  std::string config =
+      peft ? (std::filesystem::path(path) / "adapter_config.json").string()
+           : path;
+  auto num = [](double v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g", v);
+    return std::string(buf);
+  };
+  if (a.config.rank != lora_.rank)
+    throw FormatError(config, peft ? "r" : "rank",
+                      "adapter rank " + std::to_string(a.config.rank) +
+                          ", but " + path_ + " is compiled for rank " +
+                          std::to_string(lora_.rank));
+  if (std::fabs(a.config.alpha - lora_.alpha) > 1e-9 * std::fabs(lora_.alpha))
+    throw FormatError(config, peft ? "lora_alpha" : "adapter.lora.alpha",
+                      "adapter alpha " + num(a.config.alpha) + ", but " +
+                          path_ + " is compiled for alpha " +
+                          num(lora_.alpha));
+  auto join = [](const std::vector<std::string> &v) {
+    std::string s;
+    for (const std::string &x : v)
+      s += (s.empty() ? "" : ",") + x;
+    return s;
+  };
+  if (a.config.targets != lora_.targets)
+    throw FormatError(config, peft ? "target_modules" : "tensors",
+                      "adapter targets " + join(a.config.targets) + ", but " +
+                          path_ + " is compiled for " + join(lora_.targets));
+  setTensors(a.tensors, path, /*requireAll=*/false);
+  for (const std::string &name : params_)
+    if (name.find(".lora_") != std::string::npos && !a.tensors.count(name))
+      throw FormatError(path, name, "missing from the adapter");
+}
+
+void Session::setOptimizerState(const trainer::TensorMap &tensors,
+                                const std::string &source) {
+  for (const auto &[name, t] : tensors) {
+    auto it = state_.find(name);
+    if (it == state_.end() || it->second.role() != blm::Role::OptimizerState)
+      throw FormatError(source, name,
+                        "not optimizer state of " + path_ +
+                            " (another optimizer?)");
+    if (t.shape != it->second.shape() ||
+        int64_t(t.data.size()) != it->second.elements())
+      throw FormatError(source, name,
+                        "shape " + shapeText(t.shape) + " but " + path_ +
+                            " needs " + shapeText(it->second.shape()));
+  }
+  for (const auto &[name, t] : tensors)
+    std::memcpy(state_.at(name).data(), t.data.data(),
+                t.data.size() * sizeof(float));
+}
+
+void Session::zeroState(const std::string &prefix) {
+  for (auto &[name, b] : state_)
+    if (name.rfind(prefix, 0) == 0)
+      b.zero();
+}
+
+trainer::TensorMap Session::trainables(bool loraOnly) const {
+  trainer::TensorMap out;
+  for (const std::string &name : params_) {
+    if (loraOnly && name.find(".lora_") == std::string::npos)
+      continue;
+    const HostBuffer &b = state_.at(name);
+    out[name] = {b.shape(),
+                 std::vector<float>(b.f32(), b.f32() + b.elements())};
+  }
+  return out;
+}
+
+trainer::TensorMap Session::optimizerState() const {
+  trainer::TensorMap out;
+  for (const auto &[name, b] : state_)
+    if (b.role() == blm::Role::OptimizerState && name.rfind("grad.", 0) != 0)
+      out[name] = {b.shape(),
+                   std::vector<float>(b.f32(), b.f32() + b.elements())};
+  return out;
+}
+
+trainer::CheckpointIdentity Session::identity() const {
+  trainer::CheckpointIdentity id;
+  Fnv all, weights;
+  all.u64(artifact_->header().flatbufferChecksum);
+  for (size_t i = 0; i < artifact_->numBlobs(); ++i)
+    all.u64(artifact_->blobChecksum(i));
+  for (size_t i = 0; i < artifact_->numParameters(); ++i) {
+    const blm::fb::Parameter &p = artifact_->parameter(i);
+    weights.str(p.name()->str());
+    weights.u64(artifact_->blobChecksum(p.blob()));
+  }
+  id.artifactHash = hex64(all.h);
+  id.modelHash = hex64(weights.h);
+  id.lora = lora_;
+  id.lora.baseModel.clear();
+  std::string optimizer = artifact_->compileOptions().optimizer;
+  id.optimizer.name = optimizer.empty() ? "adamw" : optimizer;
+  id.extra["seq_len"] = std::to_string(seqLen_);
+  id.extra["batch_size"] = std::to_string(batch_);
+  id.extra["trainable"] = artifact_->loraConfig().trainable;
+  return id;
+}
+
+uint64_t Session::plannedBytes() const {
+  uint64_t n = 0;
+  if (const blm::fb::MemoryPlan *plan = artifact_->memoryPlan())
+    n += plan->arena_size();
+  for (size_t i = 0; i < artifact_->numParameters(); ++i)
+    n += artifact_->parameterData(i).size();
+  for (const auto &[name, b] : state_)
+    n += b.bytes();
+  for (const auto &[name, e] : entries_)
+    n += e->ownedBytes();
+  return n;
+}
+
+} // namespace bitloom::run

@@ -1,0 +1,220 @@
+//===- Session.h - An opened artifact, its buffers and state ----*- C++ -*-===//
+//
+// What every bitloom-run command shares: the artifact (weights stay in the
+// mapping), its tokenizer and chat template, the loaded native code, and the
+// host buffers the entry points bind.
+//
+// Buffers come in two kinds:
+//  - persistent state, owned by the Session and shared by every entry point:
+//    trainable parameters (role Parameter: LoRA matrices, trainable norms)
+//    and optimizer state (role OptimizerState: AdamW moments, momentum
+//    buffers, and the "grad.<name>" accumulators of accumulate_step);
+//  - per-entry buffers: inputs (tokens, positions, labels, loss mask),
+//    hyperparameters (lr, step, grad_scale) and results.
+// A result named like a state tensor is the new value of that tensor: after
+// an entry runs, the two buffers are swapped (no copy), so train_step's
+// updated parameters feed the next step and eval_step sees them too.
+//
+//===----------------------------------------------------------------------===//
+#ifndef BITLOOM_RUN_SESSION_H
+#define BITLOOM_RUN_SESSION_H
+
+#include "artifact/Artifact.h"
+#include "model/Model.h"
+#include "trainer/Adapter.h"
+#include "trainer/ChatTemplate.h"
+#include "trainer/Checkpoint.h"
+#include "trainer/Dataset.h"
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace bitloom {
+class Tokenizer;
+namespace hal::cpu {
+class NativeLibrary;
+} // namespace hal::cpu
+} // namespace bitloom
+
+namespace bitloom::run {
+
+/// A 64-byte aligned, zero-initialized host buffer for one tensor.
+class HostBuffer {
+public:
+  HostBuffer() = default;
+  HostBuffer(std::string name, std::string dtype, std::vector<int64_t> shape,
+             blm::Role role, size_t elementSize);
+  HostBuffer(HostBuffer &&) noexcept = default;
+  HostBuffer &operator=(HostBuffer &&) noexcept = default;
+
+  const std::string &name() const { return name_; }
+  const std::string &dtype() const { return dtype_; }
+  const std::vector<int64_t> &shape() const { return shape_; }
+  blm::Role role() const { return role_; }
+  int64_t elements() const { return elements_; }
+  size_t bytes() const { return bytes_; }
+  void *data() { return storage_.get(); }
+  const void *data() const { return storage_.get(); }
+  float *f32() { return static_cast<float *>(data()); }
+  const float *f32() const { return static_cast<const float *>(data()); }
+  int32_t *i32() { return static_cast<int32_t *>(data()); }
+  void zero();
+  /// Exchanges the storage (same size required) with `other`.
+  void swapStorage(HostBuffer &other);
+
+private:
+  struct Free {
+    void operator()(uint8_t *p) const;
+  };
+  std::string name_, dtype_;
+  std::vector<int64_t> shape_;
+  blm::Role role_ = blm::Role::Input;
+  int64_t elements_ = 0;
+  size_t bytes_ = 0;
+  std::unique_ptr<uint8_t[], Free> storage_;
+};
+
+class Session;
+
+/// One prepared entry point: its loaded kernels and its own buffers.
+class Entry {
+public:
+  const std::string &name() const { return name_; }
+  const blm::fb::EntryPoint &signature() const { return *sig_; }
+  /// An input or hyperparameter argument (not state); nullptr when absent.
+  HostBuffer *input(const std::string &name);
+  HostBuffer &requireInput(const std::string &name);
+  HostBuffer *result(const std::string &name);
+  /// The first element of an f32 result.
+  float scalar(const std::string &name);
+  /// Sets an f32 hyperparameter (lr, step, grad_scale) when the entry has it.
+  void setScalar(const std::string &name, float value);
+  /// Fills tokens/positions/labels/loss_mask from `batch` with Hugging
+  /// Face's causal-LM shift: position t predicts token t + 1.
+  void setBatch(const trainer::Batch &batch);
+  /// Bytes of the buffers this entry owns (inputs and results).
+  size_t ownedBytes() const;
+  /// Tokens one call processes (elements of "tokens"), 0 when none.
+  int64_t tokensPerCall() const;
+
+private:
+  friend class Session;
+  struct Call {
+    void (*fn)(void **) = nullptr;
+    const blm::fb::Dispatch *dispatch = nullptr;
+    std::vector<void *> bindings;
+  };
+  std::string name_;
+  const blm::fb::EntryPoint *sig_ = nullptr;
+  std::vector<HostBuffer> args_; // non-state arguments, by index below
+  std::vector<int> argSlot_;     // argument index -> args_ index or -1
+  std::vector<std::string> argState_; // argument index -> state name or ""
+  std::vector<HostBuffer> results_;
+  std::map<std::string, size_t> argIndex_, resultIndex_;
+  std::vector<Call> calls_;
+};
+
+class Session {
+public:
+  /// Opens and validates `path`. Trainable parameters (role Parameter of any
+  /// entry point) are created zero-filled; call initFresh() or setTensors().
+  explicit Session(const std::string &path);
+  ~Session();
+  Session(const Session &) = delete;
+  Session &operator=(const Session &) = delete;
+
+  const std::string &path() const { return path_; }
+  const blm::Artifact &artifact() const { return *artifact_; }
+  std::string metadata(const std::string &key) const;
+  int64_t seqLen() const { return seqLen_; }
+  int64_t batchSize() const { return batch_; }
+  /// The architecture as the runtime's model code and adapters describe it.
+  const ModelConfig &modelConfig() const { return model_; }
+  /// The LoRA configuration compiled in (baseModel: the source model).
+  const trainer::LoraConfig &loraConfig() const { return lora_; }
+
+  const Tokenizer &tokenizer();
+  /// nullptr when the artifact carries no chat template.
+  const trainer::ChatTemplate *chatTemplate();
+  /// Loads a text or JSONL chat file for this artifact's sequence length.
+  /// `format`: auto | text | jsonl.
+  trainer::Dataset loadDataset(const std::string &path,
+                               const std::string &format);
+
+  bool hasEntry(const std::string &name) const;
+  /// The entry point, prepared on first use (kernels resolved, buffers
+  /// allocated). FormatError naming the artifact when it is missing.
+  Entry &entry(const std::string &name);
+  /// Runs every dispatch of `e` in order, then makes state results current.
+  void run(Entry &e);
+
+  // Persistent state.
+  /// Trainable parameter names, in the order the entry points list them.
+  const std::vector<std::string> &trainableNames() const { return params_; }
+  HostBuffer *state(const std::string &name);
+  /// PEFT's initialization: lora_A kaiming-uniform (U(±1/sqrt(in)), drawn
+  /// from std::mt19937_64(seed) in trainableNames() order), lora_B zero,
+  /// other trainables from the artifact's parameter of the same name;
+  /// optimizer state zero.
+  void initFresh(uint64_t seed);
+  /// Replaces trainable tensors by `tensors` (validated: every name must be
+  /// a trainable of this artifact with the same shape; FormatError(source,
+  /// name, ...) otherwise). With `requireAll`, every trainable must be given.
+  void setTensors(const trainer::TensorMap &tensors, const std::string &source,
+                  bool requireAll);
+  /// Loads a PEFT directory or llama.cpp GGUF LoRA file over the LoRA
+  /// matrices: it must match the compiled rank, alpha and targets, and hold
+  /// every LoRA tensor with its shape (FormatError naming the file and the
+  /// field or tensor otherwise).
+  void loadAdapter(const std::string &path);
+  /// Sets optimizer state tensors (same checks, names of OptimizerState).
+  void setOptimizerState(const trainer::TensorMap &tensors,
+                         const std::string &source);
+  /// Zeroes every state tensor whose name starts with `prefix`.
+  void zeroState(const std::string &prefix);
+  /// Trainable parameters; with `loraOnly`, the LoRA matrices only.
+  trainer::TensorMap trainables(bool loraOnly) const;
+  /// Optimizer state except gradient accumulators ("grad.*").
+  trainer::TensorMap optimizerState() const;
+
+  /// What makes a checkpoint belong to this artifact: the artifact hash
+  /// (manifest and every blob checksum), the model hash (frozen weights),
+  /// the LoRA and optimizer configuration, and seq_len / batch_size.
+  trainer::CheckpointIdentity identity() const;
+
+  /// Bytes the artifact plans plus what the runtime allocates: the memory
+  /// plan's arena, every parameter blob, state, and the buffers of every
+  /// prepared entry point.
+  uint64_t plannedBytes() const;
+
+private:
+  HostBuffer makeBuffer(const blm::fb::TensorSig *sig,
+                        const std::string &entry) const;
+  hal::cpu::NativeLibrary &library(uint32_t executable);
+  uint8_t *arena();
+
+  std::string path_;
+  std::unique_ptr<blm::Artifact> artifact_;
+  int64_t seqLen_ = 0, batch_ = 0;
+  ModelConfig model_;
+  trainer::LoraConfig lora_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::optional<trainer::ChatTemplate> chat_;
+  bool chatLoaded_ = false;
+  std::vector<std::string> params_;
+  std::map<std::string, HostBuffer> state_;
+  std::map<std::string, std::unique_ptr<Entry>> entries_;
+  std::map<uint32_t, std::unique_ptr<hal::cpu::NativeLibrary>> libraries_;
+  HostBuffer arena_;
+};
+
+/// "[4, 64]".
+std::string shapeText(const std::vector<int64_t> &shape);
+
+} // namespace bitloom::run
+
+#endif // BITLOOM_RUN_SESSION_H
