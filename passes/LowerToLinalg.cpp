@@ -604,32 +604,23 @@ Value Lowering::lora(LoRAOp op) {
 }
 
 /// x·cos + rotate_half(x)·sin per head, the angle of feature i and i + D/2
-/// being position · theta^(-2i/D) computed in f32 as HF does.
+/// being position · theta^(-2i/D) computed in f32 as HF does. The cos/sin
+/// table is built once per token ([B, T, D/2]) and shared by all heads.
 Value Lowering::rope(RoPEOp op) {
   Value x = op.getInput(), positions = op.getPositions();
   ArrayRef<int64_t> shape = shapeOf(x);
   int64_t headDim = op.getHeadDim(), half = headDim / 2;
   double theta = op.getTheta().convertToDouble();
   bool inverse = op.getInverse();
-  return generic(
-      {positions, x}, empty(shape, f32()),
+  SmallVector<int64_t> tableShape = {shape[0], shape[1], half};
+  SmallVector<Value> table = generic(
+      positions, {empty(tableShape, f32()), empty(tableShape, f32())},
       {map(3, {0, 1}), identity(3), identity(3)}, {P, P, P},
       [&](Scalar &e, ValueRange a) -> SmallVector<Value> {
         OpBuilder &nb = e.b;
-        Value c = e.index(2);
-        Value d = arith::RemUIOp::create(nb, e.loc, c, e.idx(headDim));
-        Value lower = arith::CmpIOp::create(
-            nb, e.loc, arith::CmpIPredicate::ult, d, e.idx(half));
-        Value i = e.select(lower, d,
-                           arith::SubIOp::create(nb, e.loc, d, e.idx(half)));
-        Value partner =
-            e.select(lower, arith::AddIOp::create(nb, e.loc, c, e.idx(half)),
-                     arith::SubIOp::create(nb, e.loc, c, e.idx(half)));
-        Value other = tensor::ExtractOp::create(
-            nb, e.loc, x, ValueRange{e.index(0), e.index(1), partner});
         Value twoI = arith::IndexCastOp::create(
             nb, e.loc, nb.getI64Type(),
-            arith::MulIOp::create(nb, e.loc, i, e.idx(2)));
+            arith::MulIOp::create(nb, e.loc, e.index(2), e.idx(2)));
         Value exponent =
             e.div(arith::SIToFPOp::create(nb, e.loc, nb.getF32Type(), twoI),
                   e.f32(double(headDim)));
@@ -638,13 +629,34 @@ Value Lowering::rope(RoPEOp op) {
                   math::PowFOp::create(nb, e.loc, e.f32(theta), exponent));
         Value pos = arith::SIToFPOp::create(nb, e.loc, nb.getF32Type(), a[0]);
         Value angle = e.mul(invFreq, pos);
-        Value cos = math::CosOp::create(nb, e.loc, angle);
         Value sin = math::SinOp::create(nb, e.loc, angle);
-        if (inverse)
-          sin = e.neg(sin);
+        return {math::CosOp::create(nb, e.loc, angle),
+                inverse ? e.neg(sin) : sin};
+      });
+  // Feature c of a head reads table entry (c mod D) mod D/2.
+  AffineExpr c = getAffineDimExpr(2, ctx());
+  AffineMap tableMap =
+      AffineMap::get(3, 0,
+                     {getAffineDimExpr(0, ctx()), getAffineDimExpr(1, ctx()),
+                      (c % headDim) % half},
+                     ctx());
+  return generic(
+      {x, table[0], table[1]}, empty(shape, f32()),
+      {identity(3), tableMap, tableMap, identity(3)}, {P, P, P},
+      [&](Scalar &e, ValueRange a) -> SmallVector<Value> {
+        OpBuilder &nb = e.b;
+        Value cIdx = e.index(2);
+        Value d = arith::RemUIOp::create(nb, e.loc, cIdx, e.idx(headDim));
+        Value lower = arith::CmpIOp::create(
+            nb, e.loc, arith::CmpIPredicate::ult, d, e.idx(half));
+        Value partner =
+            e.select(lower, arith::AddIOp::create(nb, e.loc, cIdx, e.idx(half)),
+                     arith::SubIOp::create(nb, e.loc, cIdx, e.idx(half)));
+        Value other = tensor::ExtractOp::create(
+            nb, e.loc, x, ValueRange{e.index(0), e.index(1), partner});
         // rotate_half(x) = [-x2, x1]
         Value rotated = e.select(lower, e.neg(other), other);
-        return {e.add(e.mul(a[1], cos), e.mul(rotated, sin))};
+        return {e.add(e.mul(a[0], a[1]), e.mul(rotated, a[2]))};
       })[0];
 }
 

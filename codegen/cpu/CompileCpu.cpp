@@ -44,7 +44,7 @@ static TensorSignature signatureOf(Type type, StringAttr name, bool isWeight,
   sig.name = name ? name.str() : "";
   sig.shape.assign(tensor.getShape().begin(), tensor.getShape().end());
   sig.isInt = tensor.getElementType().isInteger(32);
-  sig.dtype = sig.isInt ? "i32"
+  sig.dtype = sig.isInt                              ? "i32"
               : tensor.getElementType().isInteger(8) ? "i8"
                                                      : "f32";
   sig.isWeight = isWeight;
@@ -92,10 +92,10 @@ CompiledCpuModule compileForCpu(ModuleOp source,
                       bool(func.getArgAttr(i, "loom.param")),
                       func.getArgAttrOfType<StringAttr>(i, "loom.packing")));
     for (unsigned i = 0; i < func.getNumResults(); ++i)
-      sig.results.push_back(signatureOf(
-          func.getResultTypes()[i],
-          func.getResultAttrOfType<StringAttr>(i, "loom.name"), false,
-          nullptr));
+      sig.results.push_back(
+          signatureOf(func.getResultTypes()[i],
+                      func.getResultAttrOfType<StringAttr>(i, "loom.name"),
+                      false, nullptr));
     compiled.functions.push_back(std::move(sig));
   }
 

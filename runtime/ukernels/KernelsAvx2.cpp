@@ -191,7 +191,7 @@ inline int32_t load32(const int8_t *p) {
   return v;
 }
 
-template <int R, int T>
+template <int R>
 void ternaryBlock(const int8_t *const *x, const int32_t *rowSum,
                   const float *rowFactor, const uint32_t *tile, int64_t nDw,
                   float *const *y, int64_t o0, int64_t n) {
@@ -205,23 +205,26 @@ void ternaryBlock(const int8_t *const *x, const int32_t *rowSum,
   const __m256i ones = _mm256_set1_epi16(1);
   for (int64_t dw = 0; dw < nDw; ++dw) {
     const int64_t col = (dw >> 3) * 128 + (dw & 7) * 4;
-    __m256i packed[T];
 #pragma GCC unroll 2
-    for (int t = 0; t < T; ++t)
-      packed[t] = _mm256_load_si256(
+    for (int t = 0; t < T; ++t) {
+      __m256i packed = _mm256_load_si256(
           reinterpret_cast<const __m256i *>(tile + (dw * T + t) * kGroup));
+      __m256i w[4];
 #pragma GCC unroll 4
-    for (int l = 0; l < 4; ++l) {
-#pragma GCC unroll 2
-      for (int t = 0; t < T; ++t) {
-        __m256i w =
-            _mm256_and_si256(_mm256_srli_epi32(packed[t], 2 * l), three);
+      for (int l = 0; l < 4; ++l)
+        w[l] = _mm256_and_si256(_mm256_srli_epi32(packed, 2 * l), three);
 #pragma GCC unroll 4
-        for (int r = 0; r < R; ++r) {
-          __m256i xv = _mm256_set1_epi32(load32(x[r] + col + 32 * l));
-          __m256i p16 = _mm256_maddubs_epi16(w, xv);
-          acc[r][t] = _mm256_add_epi32(acc[r][t], _mm256_madd_epi16(p16, ones));
-        }
+      for (int r = 0; r < R; ++r) {
+        // The four products of one output stay below 4 * 512 in int16, so
+        // they are summed there and widened once.
+        __m256i s =
+            _mm256_maddubs_epi16(w[0], _mm256_set1_epi32(load32(x[r] + col)));
+#pragma GCC unroll 3
+        for (int l = 1; l < 4; ++l)
+          s = _mm256_add_epi16(
+              s, _mm256_maddubs_epi16(
+                     w[l], _mm256_set1_epi32(load32(x[r] + col + 32 * l))));
+        acc[r][t] = _mm256_add_epi32(acc[r][t], _mm256_madd_epi16(s, ones));
       }
     }
   }
@@ -242,14 +245,15 @@ void ternaryBlock(const int8_t *const *x, const int32_t *rowSum,
   }
 }
 
+/// ternaryBlock<rows> for 1 <= rows <= R.
 template <int R>
-void ternaryBlockT(int groups, const int8_t *const *x, const int32_t *rowSum,
-                   const float *rowFactor, const uint32_t *tile, int64_t nDw,
-                   float *const *y, int64_t o0, int64_t n) {
-  if (groups == 1)
-    ternaryBlock<R, 1>(x, rowSum, rowFactor, tile, nDw, y, o0, n);
-  else
-    ternaryBlock<R, 2>(x, rowSum, rowFactor, tile, nDw, y, o0, n);
+void ternaryRows(int rows, const int8_t *const *x, const int32_t *rowSum,
+                 const float *rowFactor, const uint32_t *tile, int64_t nDw,
+                 float *const *y, int64_t o0, int64_t n) {
+  if (rows == R)
+    return ternaryBlock<R>(x, rowSum, rowFactor, tile, nDw, y, o0, n);
+  if constexpr (R > 1)
+    ternaryRows<R - 1>(rows, x, rowSum, rowFactor, tile, nDw, y, o0, n);
 }
 
 void ternaryMatmul(const TernaryArgs &ta, int64_t m0, int64_t m1, int64_t n0,
@@ -301,20 +305,7 @@ void ternaryMatmul(const TernaryArgs &ta, int64_t m0, int64_t m1, int64_t n0,
       }
       const int32_t *sums = rowSum + i;
       const float *factor = ta.rowFactor + m0 + i;
-      switch (r) {
-      case 1:
-        ternaryBlockT<1>(groups, x, sums, factor, tile, nDw, y, o0, n1);
-        break;
-      case 2:
-        ternaryBlockT<2>(groups, x, sums, factor, tile, nDw, y, o0, n1);
-        break;
-      case 3:
-        ternaryBlockT<3>(groups, x, sums, factor, tile, nDw, y, o0, n1);
-        break;
-      default:
-        ternaryBlockT<4>(groups, x, sums, factor, tile, nDw, y, o0, n1);
-        break;
-      }
+      ternaryRows<kMaxRows>(r, x, sums, factor, tile, nDw, y, o0, n1);
     }
   }
 }

@@ -84,10 +84,17 @@ void ThreadPool::workerLoop(int32_t id, uint64_t seen) {
     if (now == seen) {
       auto deadline = std::chrono::steady_clock::now() + kSpinTime;
       for (int spins = 0; now == seen; ++spins) {
-        cpuRelax();
+        // Every 64 polls, give the core away if anything else wants it: on
+        // a machine with more runnable threads than cores, polling would
+        // otherwise delay the calling thread itself.
+        if ((spins & 63) == 63) {
+          if (std::chrono::steady_clock::now() > deadline)
+            break;
+          std::this_thread::yield();
+        } else {
+          cpuRelax();
+        }
         now = generation.load(std::memory_order_acquire);
-        if ((spins & 63) == 63 && std::chrono::steady_clock::now() > deadline)
-          break;
       }
       if (now == seen) {
         std::unique_lock<std::mutex> lock(mutex);

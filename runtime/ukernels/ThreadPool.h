@@ -70,10 +70,12 @@ private:
   std::mutex mutex;
   std::condition_variable wake;
   bool stopping = false;
-  // Bumped once per job; workers run a job when they see it change.
-  std::atomic<uint64_t> generation{0};
+  // Bumped once per job; workers run a job when they see it change. Polled
+  // by idle workers, so on its own cache line, away from `pending`, which
+  // every finishing worker writes.
+  alignas(64) std::atomic<uint64_t> generation{0};
   // Workers that have not finished the current job.
-  std::atomic<int32_t> pending{0};
+  alignas(64) std::atomic<int32_t> pending{0};
   // The current job; written before `generation` is bumped.
   const RangeFn *jobFn = nullptr;
   int64_t jobCount = 0;

@@ -1,9 +1,9 @@
 //===- main.cpp - bitloom-ukbench: GFLOP/s of the CPU ukernels ------------===//
 //
 // Times each ukernel at the shapes one training step of a small BitNet model
-// (hidden 768, ffn 2048, vocab 32000) runs at 128 tokens, for each thread
-// count, and prints a table. A multiply-add counts as two operations, the
-// ternary forward's int8 ones included.
+// (hidden 768, ffn 2048, vocab 32000, LoRA rank 16) runs at 128 tokens, for
+// each thread count, and prints a table. A multiply-add counts as two
+// operations, the ternary forward's int8 ones included.
 //
 //   bitloom-ukbench [--threads 1,2] [--isa avx512] [--min-time 0.5]
 //
@@ -82,6 +82,9 @@ int main(int argc, char **argv) {
       {"matmul_f32", 128, 32000, 768, 0, 1},
       {"matmul_f32", 128, 768, 32000, 0, 0},
       {"matmul_f32", 768, 32000, 128, 1, 0},
+      // LoRA (rank 16) products: small enough that waking the pool matters.
+      {"matmul_f32", 128, 16, 768, 0, 1},
+      {"matmul_f32", 128, 768, 16, 0, 1},
   };
 
   std::mt19937 rng(1);

@@ -97,8 +97,8 @@ static blm::Role roleOf(const std::string &name) {
 }
 
 /// CPU targets: train/eval/accumulate/apply compiled to one shared object,
-/// frozen weights (projections packed 2 bits per weight), signatures and a one-dispatch schedule per
-/// entry point, written as a .blm.
+/// frozen weights (projections packed 2 bits per weight), signatures and a
+/// one-dispatch schedule per entry point, written as a .blm.
 static int compileCpuArtifact(CompileArgs &args, const Model &model,
                               mlir::ModuleOp module) {
   if (args.seqLen < 2 || args.batch < 1)
@@ -276,8 +276,8 @@ static int compileCpuArtifact(CompileArgs &args, const Model &model,
   std::printf("compiled %s for %s (%s) to %s: %zu entry points, %zu bytes of "
               "native code, %zu bytes of LLVM bitcode\n",
               args.model.c_str(), args.target.c_str(), target.cpu.c_str(),
-              args.output.c_str(), entries.size(),
-              compiled.sharedObject.size(), compiled.bitcode.size());
+              args.output.c_str(), entries.size(), compiled.sharedObject.size(),
+              compiled.bitcode.size());
   return 0;
 }
 

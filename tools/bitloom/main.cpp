@@ -263,8 +263,8 @@ std::unique_ptr<ArtifactIR> readArtifactIR(const blm::Artifact &artifact) {
       throw FormatError(where, "llvm-bc", llvm::toString(module.takeError()));
     ir->module = std::move(*module);
     for (uint32_t k = 0; exe.kernels() && k < exe.kernels()->size(); ++k)
-      ir->kernels.push_back(kernelCode(
-          *ir->module, exe.kernels()->Get(k)->name()->str(), where));
+      ir->kernels.push_back(
+          kernelCode(*ir->module, exe.kernels()->Get(k)->name()->str(), where));
     return ir;
   }
   return nullptr;
@@ -330,11 +330,11 @@ void dumpKernels(const blm::Artifact &artifact, ArtifactIR &ir,
       native::createTargetMachine(target);
 
   namespace fs = std::filesystem;
-  std::string index = "# bitloom inspect --dump-kernels\nartifact: " +
-                      artifact.path() + "\ntarget: " + targetName + " (" +
-                      target.triple + "), cpu " + target.cpu +
-                      (target.features.empty() ? "" : ", features ") +
-                      target.features + "\n";
+  std::string index =
+      "# bitloom inspect --dump-kernels\nartifact: " + artifact.path() +
+      "\ntarget: " + targetName + " (" + target.triple + "), cpu " +
+      target.cpu + (target.features.empty() ? "" : ", features ") +
+      target.features + "\n";
   for (const KernelCode &code : ir.kernels) {
     std::string stem = fileStem(code.kernel);
     std::unique_ptr<llvm::Module> module = kernelModule(*ir.module, code);
@@ -356,12 +356,11 @@ void dumpKernels(const blm::Artifact &artifact, ArtifactIR &ir,
     writeFileAtomically((fs::path(dir) / (stem + ".s")).string(),
                         assembly.data(), assembly.size());
 
-    index += "kernel " + code.kernel + ": " + stem + ".ll " + stem + ".s, " +
-             std::to_string(code.functions.size()) + " functions, " +
-             std::to_string(code.loopFunctions) +
-             " extracted loop functions, " +
-             std::to_string(code.numUkernelCalls()) +
-             " bitloom_uk_* call sites\n";
+    index +=
+        "kernel " + code.kernel + ": " + stem + ".ll " + stem + ".s, " +
+        std::to_string(code.functions.size()) + " functions, " +
+        std::to_string(code.loopFunctions) + " extracted loop functions, " +
+        std::to_string(code.numUkernelCalls()) + " bitloom_uk_* call sites\n";
     for (auto &[name, calls] : code.ukernelCalls)
       index += "  " + name + ": " + std::to_string(calls) + " call sites\n";
   }
@@ -377,7 +376,15 @@ int runInspect(const std::string &path, bool stats,
     std::unique_ptr<blm::Artifact> artifact = blm::Artifact::open(path);
     if (stats)
       artifact->verify(/*full=*/true); // every weight's checksum
-    std::unique_ptr<ArtifactIR> ir = readArtifactIR(*artifact);
+    std::unique_ptr<ArtifactIR> ir;
+    try {
+      ir = readArtifactIR(*artifact);
+    } catch (const FormatError &e) {
+      // Only --dump-kernels needs the IR (e.g. bitcode of a newer LLVM).
+      if (!dumpDir.empty())
+        throw;
+      std::fprintf(stderr, "warning: %s\n", e.what());
+    }
     if (!dumpDir.empty()) {
       if (!ir)
         throw FormatError(path, "--dump-kernels",
@@ -401,8 +408,7 @@ int runInspect(const std::string &path, bool stats,
             "code (executable " + std::to_string(ir->executable) +
             ", llvm-bc): " + std::to_string(code.loopFunctions) +
             " extracted loop functions, " +
-            std::to_string(code.numUkernelCalls()) +
-            " bitloom_uk_* call sites";
+            std::to_string(code.numUkernelCalls()) + " bitloom_uk_* call sites";
     blm::describeArtifact(*artifact, std::cout, options);
     std::cout.flush();
     if (!dumpDir.empty())
