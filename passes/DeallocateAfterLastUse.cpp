@@ -12,6 +12,9 @@
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Dialect/MemRef/IR/MemRef.h"
 #include "llvm/ADT/SmallPtrSet.h"
+#include "llvm/Support/MathExtras.h"
+
+#include <algorithm>
 
 namespace bitloom {
 #define GEN_PASS_DEF_LOOMDEALLOCATEAFTERLASTUSE
@@ -35,7 +38,9 @@ public:
                        "functions only");
         return signalPassFailure();
       }
-      placeDeallocations(func.getBody().front());
+      int64_t peak = placeDeallocations(func.getBody().front());
+      func->setAttr("loom.peak_buffer_bytes",
+                    IntegerAttr::get(IntegerType::get(&getContext(), 64), peak));
     }
   }
 
@@ -63,7 +68,18 @@ private:
     return last;
   }
 
-  static void placeDeallocations(Block &block) {
+  static int64_t bytesOf(memref::AllocOp alloc) {
+    MemRefType type = alloc.getType();
+    if (!type.hasStaticShape())
+      return 0;
+    return type.getNumElements() *
+           int64_t(llvm::divideCeil(type.getElementTypeBitWidth(), 8));
+  }
+
+  /// Places the deallocations; returns the peak of simultaneously live
+  /// buffer bytes over the block (what the step allocates beyond the
+  /// caller's arguments and results).
+  static int64_t placeDeallocations(Block &block) {
     SmallVector<memref::AllocOp> allocs;
     for (Operation &op : block)
       if (auto alloc = dyn_cast<memref::AllocOp>(op))
@@ -76,6 +92,15 @@ private:
       builder.setInsertionPointAfter(last);
       memref::DeallocOp::create(builder, alloc.getLoc(), alloc.getResult());
     }
+    int64_t live = 0, peak = 0;
+    for (Operation &op : block) {
+      if (auto alloc = dyn_cast<memref::AllocOp>(op))
+        peak = std::max(peak, live += bytesOf(alloc));
+      else if (auto dealloc = dyn_cast<memref::DeallocOp>(op))
+        if (auto alloc = dealloc.getMemref().getDefiningOp<memref::AllocOp>())
+          live -= bytesOf(alloc);
+    }
+    return peak;
   }
 };
 

@@ -156,7 +156,9 @@ def LoomDeallocateAfterLastUse
     from it (views, extracted pointers passed to micro-kernels, values
     loaded from it), so the live set follows the schedule. Buffers that
     reach a `func.return` or are allocated inside a nested region are
-    left alone; functions with more than one block are rejected.
+    left alone; functions with more than one block are rejected. Each
+    function gets `loom.peak_buffer_bytes`: the most bytes its buffers hold
+    at once under this placement (the step's transient memory plan).
   }];
   let dependentDialects = ["::mlir::memref::MemRefDialect"];
 }

@@ -6,6 +6,7 @@
 #include "passes/Passes.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/LLVMIR/LLVMDialect.h"
 #include "mlir/IR/BuiltinTypes.h"
 #include "mlir/Pass/PassManager.h"
 
@@ -112,6 +113,12 @@ CompiledCpuModule compileForCpu(ModuleOp source,
   buildCpuLoweringPipeline(pm, /*barePointers=*/true, /*ukernels=*/true);
   if (failed(pm.run(*module)))
     throw FormatError("", "compile", "lowering to the LLVM dialect failed");
+  for (FunctionSignature &sig : compiled.functions)
+    if (auto func = module->lookupSymbol<LLVM::LLVMFuncOp>(sig.name))
+      if (auto peak = func->getAttrOfType<IntegerAttr>("loom.peak_buffer_bytes")) {
+        sig.peakBufferBytes = peak.getInt();
+        func->removeAttr("loom.peak_buffer_bytes");
+      }
   native::addPackedEntryPoints(*module);
   compiled.sharedObject = native::emitSharedObject(
       *module, target, withAssembly ? &compiled.assembly : nullptr,

@@ -40,6 +40,10 @@ struct TensorSignature {
 struct FunctionSignature {
   std::string name;
   std::vector<TensorSignature> args, results;
+  /// The most bytes of transient buffers the compiled code holds at once
+  /// (its buffers are freed after their last use: see
+  /// -loom-deallocate-after-last-use).
+  int64_t peakBufferBytes = 0;
 };
 
 struct CompiledCpuModule {

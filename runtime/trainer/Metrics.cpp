@@ -441,8 +441,8 @@ std::string ProgressReporter::line(int64_t step, double loss, double tps,
   return s.str();
 }
 
-void ProgressReporter::update(int64_t step, double loss,
-                              double tokensPerSecond, double learningRate) {
+void ProgressReporter::update(int64_t step, double loss, double tokensPerSecond,
+                              double learningRate) {
   bool last = step >= total_;
   if (tty_) {
     double now = clock_();

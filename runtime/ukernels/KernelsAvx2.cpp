@@ -159,29 +159,27 @@ void gemm(const GemmArgs &g, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
 // 2 * 2 * 128, no saturation) + vpmaddwd in place of vpdpbusd.
 //===----------------------------------------------------------------------===//
 
-constexpr int64_t kGroup = 8;
-constexpr int kMaxGroups = 2;
-constexpr int kMaxRows = 4;
+constexpr int64_t kGroup = 8; // output rows per ymm, and per tile
+// One ymm of outputs by four rows of x: wider blocks measured no faster, the
+// loop being bound by the multiply-adds, not by unpacking.
+constexpr int kMaxRows = 4; // rows of x in the register block
 
-void buildTile(const TernaryArgs &ta, int64_t o0, int groups, int64_t nDw,
-               uint32_t *tile) {
+/// tile[dw * 8 + lane] = dword dw of row o0 + lane (rows >= n are zero).
+void buildTile(const TernaryArgs &ta, int64_t o0, int64_t nDw, uint32_t *tile) {
   const int64_t rowBytes = nDw * 4;
-  for (int t = 0; t < groups; ++t) {
-    int64_t rows = minI64(kGroup, ta.n - (o0 + kGroup * t));
-    const uint8_t *src = ta.w + (o0 + kGroup * t) * rowBytes;
-    // nDw is a multiple of 8: whole 32-byte blocks.
-    for (int64_t dw = 0; dw < nDw; dw += 8) {
-      __m256 r[8];
-      for (int q = 0; q < 8; ++q)
-        r[q] = q < rows ? _mm256_loadu_ps(reinterpret_cast<const float *>(
-                              src + q * rowBytes + dw * 4))
-                        : _mm256_setzero_ps();
-      transpose8x8(r);
-      for (int q = 0; q < 8; ++q)
-        _mm256_store_ps(
-            reinterpret_cast<float *>(tile + ((dw + q) * groups + t) * kGroup),
-            r[q]);
-    }
+  int64_t rows = minI64(kGroup, ta.n - o0);
+  const uint8_t *src = ta.w + o0 * rowBytes;
+  // nDw is a multiple of 8: whole 32-byte blocks.
+  for (int64_t dw = 0; dw < nDw; dw += 8) {
+    __m256 r[8];
+    for (int q = 0; q < 8; ++q)
+      r[q] = q < rows ? _mm256_loadu_ps(reinterpret_cast<const float *>(
+                            src + q * rowBytes + dw * 4))
+                      : _mm256_setzero_ps();
+    transpose8x8(r);
+    for (int q = 0; q < 8; ++q)
+      _mm256_store_ps(reinterpret_cast<float *>(tile + (dw + q) * kGroup),
+                      r[q]);
   }
 }
 
@@ -195,53 +193,43 @@ template <int R>
 void ternaryBlock(const int8_t *const *x, const int32_t *rowSum,
                   const float *rowFactor, const uint32_t *tile, int64_t nDw,
                   float *const *y, int64_t o0, int64_t n) {
-  __m256i acc[R][T];
-#pragma GCC unroll 4
+  __m256i acc[R];
+#pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
-#pragma GCC unroll 2
-    for (int t = 0; t < T; ++t)
-      acc[r][t] = _mm256_setzero_si256();
+    acc[r] = _mm256_setzero_si256();
   const __m256i three = _mm256_set1_epi8(3);
   const __m256i ones = _mm256_set1_epi16(1);
   for (int64_t dw = 0; dw < nDw; ++dw) {
     const int64_t col = (dw >> 3) * 128 + (dw & 7) * 4;
-#pragma GCC unroll 2
-    for (int t = 0; t < T; ++t) {
-      __m256i packed = _mm256_load_si256(
-          reinterpret_cast<const __m256i *>(tile + (dw * T + t) * kGroup));
-      __m256i w[4];
+    __m256i packed = _mm256_load_si256(
+        reinterpret_cast<const __m256i *>(tile + dw * kGroup));
+    __m256i w[4];
 #pragma GCC unroll 4
-      for (int l = 0; l < 4; ++l)
-        w[l] = _mm256_and_si256(_mm256_srli_epi32(packed, 2 * l), three);
-#pragma GCC unroll 4
-      for (int r = 0; r < R; ++r) {
-        // The four products of one output stay below 4 * 512 in int16, so
-        // they are summed there and widened once.
-        __m256i s =
-            _mm256_maddubs_epi16(w[0], _mm256_set1_epi32(load32(x[r] + col)));
+    for (int l = 0; l < 4; ++l)
+      w[l] = _mm256_and_si256(_mm256_srli_epi32(packed, 2 * l), three);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      // The four products of one output stay below 4 * 512 in int16, so
+      // they are summed there and widened once.
+      __m256i s =
+          _mm256_maddubs_epi16(w[0], _mm256_set1_epi32(load32(x[r] + col)));
 #pragma GCC unroll 3
-        for (int l = 1; l < 4; ++l)
-          s = _mm256_add_epi16(
-              s, _mm256_maddubs_epi16(
-                     w[l], _mm256_set1_epi32(load32(x[r] + col + 32 * l))));
-        acc[r][t] = _mm256_add_epi32(acc[r][t], _mm256_madd_epi16(s, ones));
-      }
+      for (int l = 1; l < 4; ++l)
+        s = _mm256_add_epi16(
+            s, _mm256_maddubs_epi16(
+                   w[l], _mm256_set1_epi32(load32(x[r] + col + 32 * l))));
+      acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(s, ones));
     }
   }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
-    __m256i sum = _mm256_set1_epi32(rowSum[r]);
-    __m256 factor = _mm256_set1_ps(rowFactor[r]);
-#pragma GCC unroll 2
-    for (int t = 0; t < T; ++t) {
-      __m256 v = _mm256_mul_ps(
-          _mm256_cvtepi32_ps(_mm256_sub_epi32(acc[r][t], sum)), factor);
-      int64_t o = o0 + kGroup * t;
-      if (n - o >= kGroup)
-        _mm256_storeu_ps(y[r] + o, v);
-      else
-        _mm256_maskstore_ps(y[r] + o, laneMask(n - o), v);
-    }
+    __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(
+                                 acc[r], _mm256_set1_epi32(rowSum[r]))),
+                             _mm256_set1_ps(rowFactor[r]));
+    if (n - o0 >= kGroup)
+      _mm256_storeu_ps(y[r] + o0, v);
+    else
+      _mm256_maskstore_ps(y[r] + o0, laneMask(n - o0), v);
   }
 }
 
@@ -290,11 +278,10 @@ void ternaryMatmul(const TernaryArgs &ta, int64_t m0, int64_t m1, int64_t n0,
     rowSum[i] = _mm_cvtsi128_si32(s);
   }
 
-  uint32_t *tile = static_cast<uint32_t *>(scratch(
-      kScratchTile, size_t(nDw * kMaxGroups * kGroup * sizeof(uint32_t))));
-  for (int64_t o0 = n0; o0 < n1; o0 += kMaxGroups * kGroup) {
-    int groups = int(minI64(kMaxGroups, ceilDiv(n1 - o0, kGroup)));
-    buildTile(ta, o0, groups, nDw, tile);
+  uint32_t *tile = static_cast<uint32_t *>(
+      scratch(kScratchTile, size_t(nDw * kGroup * sizeof(uint32_t))));
+  for (int64_t o0 = n0; o0 < n1; o0 += kGroup) {
+    buildTile(ta, o0, nDw, tile);
     for (int64_t i = 0; i < rows; i += kMaxRows) {
       const int8_t *x[kMaxRows];
       float *y[kMaxRows];

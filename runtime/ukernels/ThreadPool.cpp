@@ -57,7 +57,7 @@ void ThreadPool::startWorkers(int32_t n) {
   // look after the first job has been published and then wait past it.
   uint64_t start = generation.load(std::memory_order_acquire);
   for (int32_t id = 1; id < n; ++id)
-    workers.emplace_back([this, id, start] { workerLoop(id, start); });
+    workers.emplace_back([this, start] { workerLoop(start); });
 }
 
 void ThreadPool::stopWorkers() {
@@ -72,13 +72,19 @@ void ThreadPool::stopWorkers() {
   numThreads = 1;
 }
 
-void ThreadPool::runChunk(int32_t chunk) {
-  int64_t begin = jobCount * chunk / jobChunks;
-  int64_t end = jobCount * (chunk + 1) / jobChunks;
-  (*jobFn)(begin, end);
+void ThreadPool::runChunks() {
+  for (;;) {
+    uint64_t claim = claims.fetch_add(1, std::memory_order_acq_rel);
+    int64_t chunks = int64_t(claim >> 32), chunk = int64_t(claim & 0xFFFFFFFF);
+    if (chunk >= chunks)
+      return;
+    // The job outlives this call: the caller waits for `done` to count it.
+    (*jobFn)(jobCount *chunk / chunks, jobCount * (chunk + 1) / chunks);
+    done.fetch_add(1, std::memory_order_acq_rel);
+  }
 }
 
-void ThreadPool::workerLoop(int32_t id, uint64_t seen) {
+void ThreadPool::workerLoop(uint64_t seen) {
   for (;;) {
     uint64_t now = generation.load(std::memory_order_acquire);
     if (now == seen) {
@@ -107,9 +113,7 @@ void ThreadPool::workerLoop(int32_t id, uint64_t seen) {
       }
     }
     seen = now;
-    if (id < jobChunks)
-      runChunk(id);
-    pending.fetch_sub(1, std::memory_order_acq_rel);
+    runChunks();
   }
 }
 
@@ -120,10 +124,11 @@ void ThreadPool::parallelFor(int64_t count, RangeFn fn) {
     fn(0, count);
     return;
   }
+  int32_t chunks = int32_t(count < numThreads ? count : numThreads);
   jobFn = &fn;
   jobCount = count;
-  jobChunks = int32_t(count < numThreads ? count : numThreads);
-  pending.store(numThreads - 1, std::memory_order_relaxed);
+  done.store(0, std::memory_order_relaxed);
+  claims.store(uint64_t(chunks) << 32, std::memory_order_release);
   {
     // Under the mutex so that a worker between its predicate check and its
     // wait cannot miss the notification.
@@ -131,9 +136,9 @@ void ThreadPool::parallelFor(int64_t count, RangeFn fn) {
     generation.fetch_add(1, std::memory_order_acq_rel);
   }
   wake.notify_all();
-  runChunk(0);
-  // Workers finish about when we do; yield only if one was descheduled.
-  for (int spins = 0; pending.load(std::memory_order_acquire) != 0; ++spins) {
+  runChunks();
+  // Only chunks that a worker has claimed are left; it is running them.
+  for (int spins = 0; done.load(std::memory_order_acquire) != chunks; ++spins) {
     if (spins < 4096)
       cpuRelax();
     else

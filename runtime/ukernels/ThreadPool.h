@@ -54,32 +54,38 @@ public:
   int32_t threads() const { return numThreads; }
 
   /// Splits [0, count) into min(threads, count) contiguous chunks of nearly
-  /// equal size and runs fn(begin, end) on each, chunk 0 on the calling
-  /// thread; returns when all are done. Not reentrant: one caller at a time,
-  /// and fn must not call parallelFor.
+  /// equal size and runs fn(begin, end) once on each, on the calling thread
+  /// and the workers; returns when all are done. Chunks are claimed, not
+  /// assigned: a worker that is slow to wake (descheduled, or asleep after a
+  /// long gap) leaves its chunk to the caller instead of delaying it. Not
+  /// reentrant: one caller at a time, and fn must not call parallelFor.
   void parallelFor(int64_t count, RangeFn fn);
 
 private:
   void startWorkers(int32_t n);
   void stopWorkers();
-  void workerLoop(int32_t id, uint64_t seen);
-  void runChunk(int32_t chunk);
+  void workerLoop(uint64_t seen);
+  /// Claims and runs chunks of the current job until none is left.
+  void runChunks();
 
   int32_t numThreads = 1;
   std::vector<std::thread> workers;
   std::mutex mutex;
   std::condition_variable wake;
   bool stopping = false;
-  // Bumped once per job; workers run a job when they see it change. Polled
-  // by idle workers, so on its own cache line, away from `pending`, which
-  // every finishing worker writes.
+  // Bumped once per job, after it is published; idle workers poll it (or
+  // sleep on `wake`) and then claim chunks. Each atomic has its own cache
+  // line: the pollers should not be disturbed by the claims and completions.
   alignas(64) std::atomic<uint64_t> generation{0};
-  // Workers that have not finished the current job.
-  alignas(64) std::atomic<int32_t> pending{0};
-  // The current job; written before `generation` is bumped.
+  // The current job's (chunk count << 32 | next unclaimed chunk). A claim
+  // is a fetch_add; one at or past the count finds nothing, harmlessly.
+  alignas(64) std::atomic<uint64_t> claims{0};
+  // Chunks of the current job that have finished.
+  alignas(64) std::atomic<int32_t> done{0};
+  // The current job, written before `claims` is published and read only by
+  // a thread that claimed one of its chunks.
   const RangeFn *jobFn = nullptr;
   int64_t jobCount = 0;
-  int32_t jobChunks = 0;
 };
 
 } // namespace bitloom::uk

@@ -1,4 +1,5 @@
 //===- bitloom-opt.cpp - mlir-opt with bitloom's dialects and passes ------===//
+#include "codegen/cpu/Pipeline.h"
 #include "dialects/loom/LoomDialect.h"
 #include "passes/Passes.h"
 
@@ -10,8 +11,10 @@
 
 int main(int argc, char **argv) {
   mlir::DialectRegistry registry;
-  registry.insert<bitloom::loom::LoomDialect, mlir::func::FuncDialect>();
-  mlir::registerTransformsPasses(); // canonicalize, cse, ...
+  // Upstream's dialects, interface models and passes as in mlir-opt, so any
+  // stage of the CPU pipeline (codegen/cpu/Pipeline.cpp) can be replayed.
+  bitloom::codegen::cpu::registerCpuLoweringDependencies(registry);
+  mlir::registerAllPasses();
   bitloom::registerLoomPasses();
   return mlir::asMainReturnCode(
       mlir::MlirOptMain(argc, argv, "bitloom optimizer driver\n", registry));

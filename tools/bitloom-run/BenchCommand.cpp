@@ -26,7 +26,7 @@ namespace bitloom::run {
 namespace {
 
 uint64_t peakRssBytes() {
-  struct rusage usage {};
+  struct rusage usage{};
   ::getrusage(RUSAGE_SELF, &usage);
   return uint64_t(usage.ru_maxrss) * 1024; // kilobytes on Linux
 }

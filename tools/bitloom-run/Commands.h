@@ -51,9 +51,11 @@ struct GenerateArgs {
 void addTrainCommand(CLI::App &app, TrainArgs &args);
 void addEvalCommand(CLI::App &app, EvalArgs &args);
 void addBenchCommand(CLI::App &app, BenchArgs &args);
+void addGenerateCommand(CLI::App &app, GenerateArgs &args);
 int runTrain(const TrainArgs &args);
 int runEval(const EvalArgs &args);
 int runBench(const BenchArgs &args);
+int runGenerate(const GenerateArgs &args);
 
 /// --threads: sets the micro-kernels' thread count (0: their default) and
 /// returns the count in effect.

@@ -125,7 +125,8 @@ HostBuffer *Entry::result(const std::string &name) {
 float Entry::scalar(const std::string &name) {
   HostBuffer *b = result(name);
   if (!b || b->dtype() != "f32" || b->elements() < 1)
-    throw FormatError("", name_, "entry point has no f32 result '" + name + "'");
+    throw FormatError("", name_,
+                      "entry point has no f32 result '" + name + "'");
   return b->f32()[0];
 }
 
@@ -141,12 +142,12 @@ void Entry::setBatch(const trainer::Batch &batch) {
   HostBuffer &mask = requireInput("loss_mask");
   HostBuffer *positions = input("positions");
   int64_t rows = batch.rows, seqLen = batch.seqLen;
-  if (tokens.elements() != rows * seqLen || labels.elements() != rows * seqLen ||
-      mask.elements() != rows * seqLen)
+  if (tokens.elements() != rows * seqLen ||
+      labels.elements() != rows * seqLen || mask.elements() != rows * seqLen)
     throw FormatError("", name_,
                       "batch of " + std::to_string(rows) + " x " +
-                          std::to_string(seqLen) +
-                          " does not fit tokens " + shapeText(tokens.shape()));
+                          std::to_string(seqLen) + " does not fit tokens " +
+                          shapeText(tokens.shape()));
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t t = 0; t < seqLen; ++t) {
       size_t k = size_t(r * seqLen + t);
@@ -256,9 +257,9 @@ const trainer::ChatTemplate *Session::chatTemplate() {
     chatLoaded_ = true;
     std::string source = metadata("chat_template");
     if (!source.empty())
-      chat_ = trainer::ChatTemplate::fromSource(
-          source, metadata("bos_token"), metadata("eos_token"), path_,
-          "chat_template");
+      chat_ = trainer::ChatTemplate::fromSource(source, metadata("bos_token"),
+                                                metadata("eos_token"), path_,
+                                                "chat_template");
   }
   return chat_ ? &*chat_ : nullptr;
 }
@@ -319,9 +320,9 @@ hal::cpu::NativeLibrary &Session::library(uint32_t executable) {
                       "format '" + format +
                           "' cannot run on the CPU runtime (elf-shared)");
   blm::ByteSpan code = artifact_->executableData(executable);
-  auto lib = hal::cpu::NativeLibrary::load(
-      path_ + ": executable " + std::to_string(executable), code.data(),
-      code.size());
+  auto lib = hal::cpu::NativeLibrary::load(path_ + ": executable " +
+                                               std::to_string(executable),
+                                           code.data(), code.size());
   return *(libraries_[executable] = std::move(lib));
 }
 
@@ -415,7 +416,8 @@ void Session::run(Entry &e) {
       switch (b->source()) {
       case blm::BindingSource::Parameter:
         // Frozen weights are read in place from the mapping.
-        base = const_cast<uint8_t *>(artifact_->parameterData(b->index()).data());
+        base =
+            const_cast<uint8_t *>(artifact_->parameterData(b->index()).data());
         break;
       case blm::BindingSource::Argument: {
         size_t i = b->index();
@@ -528,8 +530,7 @@ void Session::loadAdapter(const std::string &path) {
   if (std::fabs(a.config.alpha - lora_.alpha) > 1e-9 * std::fabs(lora_.alpha))
     throw FormatError(config, peft ? "lora_alpha" : "adapter.lora.alpha",
                       "adapter alpha " + num(a.config.alpha) + ", but " +
-                          path_ + " is compiled for alpha " +
-                          num(lora_.alpha));
+                          path_ + " is compiled for alpha " + num(lora_.alpha));
   auto join = [](const std::vector<std::string> &v) {
     std::string s;
     for (const std::string &x : v)

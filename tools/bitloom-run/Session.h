@@ -110,8 +110,8 @@ private:
   };
   std::string name_;
   const blm::fb::EntryPoint *sig_ = nullptr;
-  std::vector<HostBuffer> args_; // non-state arguments, by index below
-  std::vector<int> argSlot_;     // argument index -> args_ index or -1
+  std::vector<HostBuffer> args_;      // non-state arguments, by index below
+  std::vector<int> argSlot_;          // argument index -> args_ index or -1
   std::vector<std::string> argState_; // argument index -> state name or ""
   std::vector<HostBuffer> results_;
   std::map<std::string, size_t> argIndex_, resultIndex_;

@@ -63,8 +63,9 @@ std::string checkpointDirOf(const std::string &dir) {
   if (!fs::exists(p, ec))
     throw FormatError(dir, "--resume", "no such directory");
   throw FormatError(dir, "--resume",
-                    "no checkpoint here (neither " + (p / "manifest.json").string() +
-                        " nor " + (inner / "manifest.json").string() + ")");
+                    "no checkpoint here (neither " +
+                        (p / "manifest.json").string() + " nor " +
+                        (inner / "manifest.json").string() + ")");
 }
 
 double completedEpochs(const trainer::DataPosition &p) {
@@ -251,7 +252,12 @@ int runTrain(const TrainArgs &a) {
   std::fflush(stdout);
 
   // From here on, outputs are written.
-  fs::create_directories(a.out);
+  std::error_code ec;
+  fs::create_directories(a.out, ec);
+  if (ec || !fs::is_directory(a.out))
+    throw FormatError(a.out, "--out",
+                      "cannot create the output directory" +
+                          (ec ? ": " + ec.message() : std::string()));
   const std::string checkpointDir = (fs::path(a.out) / "checkpoint").string();
   trainer::MetricsLog metrics((fs::path(a.out) / "metrics.jsonl").string(),
                               start);
@@ -302,8 +308,6 @@ int runTrain(const TrainArgs &a) {
                {"seed", a.seed},
                {"artifact", fs::absolute(a.artifact).string()}};
     trainer::saveCheckpoint(checkpointDir, c);
-    metrics.logEvent(
-        {{"type", "checkpoint"}, {"step", step}, {"path", checkpointDir}});
     progress.message("saved checkpoint " + checkpointDir + " (step " +
                      std::to_string(step) + ")");
   };

@@ -7,6 +7,7 @@
 //   bitloom-run train model.blm --data FILE [--steps N | --epochs E] ...
 //   bitloom-run eval  model.blm --data FILE [--adapter PATH] [--json]
 //   bitloom-run bench model.blm [--entry train_step] [--steps N] [--json]
+//   bitloom-run generate model.blm --prompt TEXT [--adapter PATH] [--chat]
 //
 // Every error in user input prints one line "error: <file>: <field>: <what>"
 // and exits with status 1. docs/runtime.md describes the commands.
@@ -47,14 +48,16 @@ int applyThreads(int threads) {
 int main(int argc, char **argv) {
   using namespace bitloom::run;
   CLI::App app{"bitloom-run: run a compiled bitloom artifact (train, eval, "
-               "bench)"};
+               "bench, generate)"};
   app.require_subcommand(1);
   TrainArgs train;
   EvalArgs eval;
   BenchArgs bench;
+  GenerateArgs generate;
   addTrainCommand(app, train);
   addEvalCommand(app, eval);
   addBenchCommand(app, bench);
+  addGenerateCommand(app, generate);
   CLI11_PARSE(app, argc, argv);
   try {
     if (app.got_subcommand("train"))
@@ -63,6 +66,8 @@ int main(int argc, char **argv) {
       return runEval(eval);
     if (app.got_subcommand("bench"))
       return runBench(bench);
+    if (app.got_subcommand("generate"))
+      return runGenerate(generate);
   } catch (const std::exception &e) {
     std::fflush(stdout);
     std::fprintf(stderr, "error: %s\n", e.what());

@@ -272,6 +272,21 @@ static int compileCpuArtifact(CompileArgs &args, const Model &model,
     entry.dispatches.push_back(std::move(dispatch));
     builder.addEntryPoint(std::move(entry));
   }
+  // The memory plan, still naive: each entry point's transient buffers as
+  // one slot (the compiled code allocates them itself, freeing each after
+  // its last use); entry points never run at once, so they share offset 0.
+  blm::MemoryPlanInfo plan;
+  for (size_t e = 0; e < entries.size(); ++e) {
+    const codegen::cpu::FunctionSignature &f = compiled.functions[e];
+    blm::SlotInfo slot;
+    slot.name = f.name + " transient buffers (allocated by the kernels)";
+    slot.size = uint64_t(f.peakBufferBytes);
+    slot.entryPoint = uint32_t(e);
+    slot.op = "@" + f.name;
+    plan.arenaSize = std::max(plan.arenaSize, slot.size);
+    plan.slots.push_back(std::move(slot));
+  }
+  builder.setMemoryPlan(std::move(plan));
   builder.write(args.output);
   std::printf("compiled %s for %s (%s) to %s: %zu entry points, %zu bytes of "
               "native code, %zu bytes of LLVM bitcode\n",
