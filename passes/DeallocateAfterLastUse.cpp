@@ -39,8 +39,9 @@ public:
         return signalPassFailure();
       }
       int64_t peak = placeDeallocations(func.getBody().front());
-      func->setAttr("loom.peak_buffer_bytes",
-                    IntegerAttr::get(IntegerType::get(&getContext(), 64), peak));
+      func->setAttr(
+          "loom.peak_buffer_bytes",
+          IntegerAttr::get(IntegerType::get(&getContext(), 64), peak));
     }
   }
 

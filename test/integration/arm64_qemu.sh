@@ -25,8 +25,11 @@ qemu-aarch64 -L /usr/aarch64-linux-gnu "$run_arm" train "$d/arm.blm" "${train[@]
 /usr/bin/python3 - "$d" <<'PY'
 import json, sys
 d = sys.argv[1]
-a = [json.loads(l)["loss"] for l in open(f"{d}/arm-adapter/metrics.jsonl")]
-b = [json.loads(l)["loss"] for l in open(f"{d}/x86-adapter/metrics.jsonl")]
+def losses(path):
+    records = [json.loads(l) for l in open(path)]
+    return [r["loss"] for r in records if r.get("type", "train") == "train"]
+a = losses(f"{d}/arm-adapter/metrics.jsonl")
+b = losses(f"{d}/x86-adapter/metrics.jsonl")
 assert len(a) == len(b) == 8, (a, b)
 err = max(abs(x - y) / abs(y) for x, y in zip(a, b))
 print(f"arm64 (qemu) vs x86-64 losses: max relative difference {err:.3g}")

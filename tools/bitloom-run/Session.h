@@ -11,9 +11,12 @@
 //    buffers, and the "grad.<name>" accumulators of accumulate_step);
 //  - per-entry buffers: inputs (tokens, positions, labels, loss mask),
 //    hyperparameters (lr, step, grad_scale) and results.
-// A result named like a state tensor is the new value of that tensor: after
-// an entry runs, the two buffers are swapped (no copy), so train_step's
-// updated parameters feed the next step and eval_step sees them too.
+// A result named like a state tensor is the new value of that tensor and is
+// bound to that tensor's own buffer: the compiled code updates parameters,
+// optimizer state, gradient accumulators and KV caches in place (each
+// update is elementwise and the last use of the old value), so state costs
+// one copy, not two, and train_step's updated parameters feed the next
+// step and eval_step sees them too.
 //
 //===----------------------------------------------------------------------===//
 #ifndef BITLOOM_RUN_SESSION_H
@@ -64,7 +67,6 @@ public:
   int32_t *i32() { return static_cast<int32_t *>(data()); }
   void zero();
   /// Exchanges the storage (same size required) with `other`.
-  void swapStorage(HostBuffer &other);
 
 private:
   struct Free {
@@ -110,10 +112,11 @@ private:
   };
   std::string name_;
   const blm::fb::EntryPoint *sig_ = nullptr;
-  std::vector<HostBuffer> args_;      // non-state arguments, by index below
-  std::vector<int> argSlot_;          // argument index -> args_ index or -1
-  std::vector<std::string> argState_; // argument index -> state name or ""
-  std::vector<HostBuffer> results_;
+  std::vector<HostBuffer> args_;          // non-state arguments, by index below
+  std::vector<int> argSlot_;              // argument index -> args_ index or -1
+  std::vector<std::string> argState_;     // argument index -> state name or ""
+  std::vector<HostBuffer> results_;       // empty for state results
+  std::vector<HostBuffer *> resultState_; // result index -> state or null
   std::map<std::string, size_t> argIndex_, resultIndex_;
   std::vector<Call> calls_;
 };

@@ -299,6 +299,107 @@ TEST(UkernelsMatmulF32, AllTransposesAndAccumulate) {
   }
 }
 
+/// bf16 bits of a float, rounded to nearest even (inputs here are finite).
+uint16_t toBf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+float fromBf16(uint16_t h) {
+  uint32_t u = uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// B in bf16 is widened exactly, so the product equals the f32 GEMM's on the
+// widened B: compared with a float64 reference of that, and bit for bit with
+// bitloom_uk_matmul_f32 on the same ISA (the same packing order and tile).
+TEST(UkernelsMatmulF32Bf16B, AllTransposesAndAccumulate) {
+  std::mt19937 rng(5);
+  const int64_t shapes[][3] = {{1, 1, 1},      {1, 7, 127},    {7, 1, 128},
+                               {7, 33, 129},   {9, 31, 257},   {17, 300, 5},
+                               {5, 17, 15},    {128, 100, 768}, {300, 40, 33},
+                               {33, 1000, 64}, {6, 2050, 96},  {2, 2, 0}};
+  for (const auto &s : shapes) {
+    int64_t m = s[0], n = s[1], k = s[2];
+    std::vector<float> a = randomFloats(rng, m * k);
+    std::vector<float> bf = randomFloats(rng, k * n);
+    std::vector<uint16_t> b(bf.size());
+    for (size_t i = 0; i < bf.size(); ++i) {
+      b[i] = toBf16(bf[i] * 3.0f);
+      bf[i] = fromBf16(b[i]);
+    }
+    std::vector<float> c0 = randomFloats(rng, m * n);
+    for (int transA = 0; transA < 2; ++transA)
+      for (int transB = 0; transB < 2; ++transB) {
+        std::vector<double> prod(size_t(m * n)), norm(size_t(m * n));
+        for (int64_t i = 0; i < m; ++i)
+          for (int64_t j = 0; j < n; ++j) {
+            double sum = 0, sq = 0;
+            for (int64_t p = 0; p < k; ++p) {
+              double av = transA ? a[size_t(p * m + i)] : a[size_t(i * k + p)];
+              double bv =
+                  transB ? bf[size_t(j * k + p)] : bf[size_t(p * n + j)];
+              sum += av * bv;
+              sq += av * bv * av * bv;
+            }
+            prod[size_t(i * n + j)] = sum;
+            norm[size_t(i * n + j)] = std::sqrt(sq);
+          }
+        for (int accumulate = 0; accumulate < 2; ++accumulate)
+          forEachConfig([&] {
+            std::vector<float> c =
+                accumulate ? c0 : std::vector<float>(c0.size(), NAN);
+            std::vector<float> same = c;
+            bitloom_uk_matmul_f32_bf16b(a.data(), b.data(), c.data(), m, n, k,
+                                        transA, transB, accumulate);
+            bitloom_uk_matmul_f32(a.data(), bf.data(), same.data(), m, n, k,
+                                  transA, transB, accumulate);
+            std::string where = "m " + std::to_string(m) + " n " +
+                                std::to_string(n) + " k " + std::to_string(k) +
+                                " transA " + std::to_string(transA) +
+                                " transB " + std::to_string(transB) +
+                                " accumulate " + std::to_string(accumulate);
+            ASSERT_EQ(std::memcmp(c.data(), same.data(),
+                                  c.size() * sizeof(float)),
+                      0)
+                << where << ": differs from bitloom_uk_matmul_f32";
+            for (int64_t idx = 0; idx < m * n; ++idx) {
+              double ref =
+                  prod[size_t(idx)] + (accumulate ? c0[size_t(idx)] : 0.0);
+              expectClose(c[size_t(idx)], ref,
+                          norm[size_t(idx)] + (accumulate ? 1.0 : 0.0), k,
+                          where + " at " + std::to_string(idx));
+            }
+          });
+      }
+  }
+}
+
+// Special values widen exactly: infinities, subnormals, the largest finite
+// value (-0 would become +0 in the zero-initialized sum).
+TEST(UkernelsMatmulF32Bf16B, WidensExactly) {
+  const uint16_t values[] = {0x0000, 0x3F80, 0xBF80, 0x7F80,
+                             0xFF80, 0x0001, 0x807F, 0x7F7F, 0x4049};
+  const int64_t n = sizeof(values) / sizeof(values[0]);
+  float one = 1.0f;
+  forEachConfig([&] {
+    for (int transB = 0; transB < 2; ++transB) {
+      // m = 1, k = 1: c[j] = 1 * b[j] (the same memory either way).
+      std::vector<float> c(size_t(n), NAN);
+      bitloom_uk_matmul_f32_bf16b(&one, values, c.data(), 1, n, 1, 0, transB,
+                                  0);
+      for (int64_t j = 0; j < n; ++j) {
+        float expected = fromBf16(values[j]);
+        ASSERT_EQ(std::memcmp(&c[size_t(j)], &expected, 4), 0)
+            << "transB " << transB << " value " << std::hex << values[j];
+      }
+    }
+  });
+}
+
 //===----------------------------------------------------------------------===//
 // Threads and dispatch
 //===----------------------------------------------------------------------===//
