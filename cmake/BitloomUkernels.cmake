@@ -4,7 +4,8 @@
 function(bitloom_export_ukernels target)
   target_link_libraries(${target} PRIVATE bitloom_ukernels)
   foreach(symbol bitloom_uk_ternary_matmul bitloom_uk_ternary_matmul_t
-                 bitloom_uk_matmul_f32 bitloom_uk_set_threads
+                 bitloom_uk_matmul_f32 bitloom_uk_matmul_f32_bf16b
+                 bitloom_uk_set_threads
                  bitloom_uk_attention bitloom_uk_attention_grad)
     target_link_options(${target} PRIVATE "LINKER:--undefined=${symbol}")
   endforeach()

@@ -103,7 +103,9 @@ struct Scalar {
 /// runtime's micro-kernels (runtime/ukernels/Ukernels.h), made on tensors
 /// through bufferization.to_buffer / to_tensor so one-shot bufferization
 /// places every buffer. Frozen bitlinear weights arrive packed ("i2x128",
-/// 2 bits per weight) with their per-tensor multiplier as a 0-d argument.
+/// 2 bits per weight) with their per-tensor multiplier as a 0-d argument;
+/// frozen bf16 embeddings / LM heads (bf16-params) arrive as bf16 and their
+/// products call bitloom_uk_matmul_f32_bf16b.
 struct UkernelContext {
   /// Packed weight argument -> its multiplier argument.
   llvm::DenseMap<Value, Value> multiplierOf;
@@ -195,6 +197,7 @@ private:
   /// op(a) · op(b) for matrices: op(a) is a [m, k] or, with `transA`, aᵀ of
   /// a [k, m]; op(b) is b [k, n] or, with `transB`, bᵀ of b [n, k]. A
   /// micro-kernel call (f32 accumulation) with ukernels, else `contract`.
+  /// b may be a bf16 weight (widened exactly either way).
   Value gemm(Value a, Value bm, bool transA, bool transB) {
     ArrayRef<int64_t> as = shapeOf(a), bs = shapeOf(bm);
     int64_t m = transA ? as[1] : as[0], k = transA ? as[0] : as[1];
@@ -202,7 +205,10 @@ private:
     if (uk) {
       Value out;
       Value outPtr = newBuffer({m, n}, f32(), out);
-      callUkernel("bitloom_uk_matmul_f32",
+      bool bf16 =
+          cast<RankedTensorType>(bm.getType()).getElementType().isBF16();
+      callUkernel(bf16 ? "bitloom_uk_matmul_f32_bf16b"
+                       : "bitloom_uk_matmul_f32",
                   {pointerTo(a), pointerTo(bm), outPtr, i64(m), i64(n), i64(k),
                    i32(transA), i32(transB), i32(0)});
       return finish(out);
@@ -513,12 +519,16 @@ Value Lowering::embedding(EmbeddingOp op) {
   Value table = op.getTable(), ids = flat(op.getTokens());
   int64_t n = shapeOf(ids)[0], h = shapeOf(table)[1];
   // A gather: out[n, h] = table[tokens[n], h]. Ids are not range-checked.
+  // A bf16 table (bf16-params) is widened exactly.
   Value out =
       generic(ids, empty({n, h}, f32()), {map(2, {0}), identity(2)}, {P, P},
               [&](Scalar &e, ValueRange a) -> SmallVector<Value> {
                 Value row = e.toIndex(a[0]);
-                return {tensor::ExtractOp::create(e.b, e.loc, table,
-                                                  ValueRange{row, e.index(1)})};
+                Value v = tensor::ExtractOp::create(
+                    e.b, e.loc, table, ValueRange{row, e.index(1)});
+                if (!v.getType().isF32())
+                  v = arith::ExtFOp::create(e.b, e.loc, e.b.getF32Type(), v);
+                return {v};
               })[0];
   return unrows(out, op.getType());
 }
@@ -1088,16 +1098,23 @@ Value Lowering::crossEntropyGrad(CrossEntropyGradOp op) {
                 return {e.select(in, e.add(a[1], e.f64(1.0)), a[1])};
               })[0];
   Value max = rowMax(logits), sum = rowSumExp(logits, max);
+  // log(f32(Σ)) once per row, not per logit.
+  Value logSum = elementwise(sum, f32(),
+                             [](Scalar &e, ValueRange a) -> SmallVector<Value> {
+                               return {e.log(e.trunc(a[0]))};
+                             });
   AffineMap id = identity(2), row = map(2, {0}), none = map(2, {});
+  // The logits are dead after this: writing the gradient over them (their
+  // tensor as the destination) lets bufferization reuse the [N, V] buffer.
   Value d = generic(
-      {logits, labels, mask, max, sum, count}, empty(shapeOf(logits), f32()),
+      {logits, labels, mask, max, logSum, count}, logits,
       {id, row, row, row, row, none, id}, {P, P},
       [&](Scalar &e, ValueRange a) -> SmallVector<Value> {
         OpBuilder &nb = e.b;
         Value rowsF = e.trunc(a[5]);
         Value noRows = e.cmp(arith::CmpFPredicate::OEQ, rowsF, e.f32(0.0));
         Value g = e.select(noRows, e.f32(0.0), e.div(dloss, rowsF));
-        Value prob = e.exp(e.sub(e.sub(a[0], a[3]), e.log(e.trunc(a[4]))));
+        Value prob = e.exp(e.sub(e.sub(a[0], a[3]), a[4]));
         Value isLabel = arith::CmpIOp::create(
             nb, e.loc, arith::CmpIPredicate::eq, e.toIndex(a[1]), e.index(1));
         Value onehot = e.select(isLabel, e.f32(1.0), e.f32(0.0));
@@ -1317,10 +1334,14 @@ public:
     ModuleOp module = getOperation();
     UkernelContext context;
     UkernelContext *uk = ukernels ? &context : nullptr;
+    llvm::StringSet<> bf16Names;
+    for (const std::string &name : bf16Params)
+      bf16Names.insert(name);
     for (auto func : module.getOps<func::FuncOp>()) {
       if (func.isExternal())
         continue;
-      if (failed(checkStatic(func)) || failed(paramsToArguments(func, uk)) ||
+      if (failed(checkStatic(func)) ||
+          failed(paramsToArguments(func, uk, bf16Names)) ||
           failed(lowerBody(func, uk)))
         return signalPassFailure();
     }
@@ -1376,20 +1397,51 @@ private:
     return true;
   }
 
+  /// A frozen float matrix that can stay bf16: only ever the table of
+  /// embeddings and the weight of LM-head products and their input
+  /// gradients (the ops that widen it exactly).
+  static bool isBf16Able(ParamOp p) {
+    auto type = dyn_cast<RankedTensorType>(p.getType());
+    if (!type || type.getRank() != 2 || !type.getElementType().isF32() ||
+        p->use_empty())
+      return false;
+    for (OpOperand &use : p->getUses()) {
+      Operation *user = use.getOwner();
+      if (auto e = dyn_cast<EmbeddingOp>(user)) {
+        if (e.getTable() != p.getResult())
+          return false;
+      } else if (auto m = dyn_cast<MatmulOp>(user)) {
+        if (m.getWeight() != p.getResult() || m.getInput() == p.getResult())
+          return false;
+      } else if (auto g = dyn_cast<MatmulGradInputOp>(user)) {
+        if (g.getWeight() != p.getResult() ||
+            g.getResultGrad() == p.getResult())
+          return false;
+      } else {
+        return false;
+      }
+    }
+    return true;
+  }
+
   /// Every loom.param becomes a trailing argument named by `loom.name` and
   /// marked `loom.param`, one per distinct name. Without micro-kernels
   /// ternary weights arrive dequantized (f32 [out, in]); with them, frozen
-  /// bitlinear weights arrive packed with a multiplier argument.
-  static LogicalResult paramsToArguments(func::FuncOp func,
-                                         UkernelContext *uk) {
+  /// bitlinear weights arrive packed with a multiplier argument. Parameters
+  /// named in `bf16Names` arrive as bf16 where every use allows it.
+  static LogicalResult paramsToArguments(func::FuncOp func, UkernelContext *uk,
+                                         const llvm::StringSet<> &bf16Names) {
     Builder b(func.getContext());
     llvm::StringMap<Value> byName;
     SmallVector<ParamOp> params;
     func.walk([&](ParamOp p) { params.push_back(p); });
-    llvm::StringSet<> unpackable;
-    for (ParamOp p : params)
+    llvm::StringSet<> unpackable, notBf16;
+    for (ParamOp p : params) {
       if (!isPackable(p))
         unpackable.insert(p.getName());
+      if (!bf16Names.contains(p.getName()) || !isBf16Able(p))
+        notBf16.insert(p.getName());
+    }
     auto addArgument = [&](Type type, StringRef name, StringRef packing,
                            Location at) -> FailureOr<Value> {
       SmallVector<NamedAttribute> attrs = {
@@ -1415,7 +1467,10 @@ private:
           shape = cast<RankedTensorType>(type).getShape();
         bool packed = uk && !unpackable.contains(p.getName());
         FailureOr<Value> added;
-        if (packed) {
+        if (!notBf16.contains(p.getName())) {
+          added = addArgument(RankedTensorType::get(shape, b.getBF16Type()),
+                              p.getName(), "bf16", p.getLoc());
+        } else if (packed) {
           auto packedType = RankedTensorType::get(
               {shape[0], packedRowBytes(shape[1])}, b.getI8Type());
           added = addArgument(packedType, p.getName(), "i2x128", p.getLoc());

@@ -127,11 +127,22 @@ def LoomLowerToLinalg : Pass<"loom-lower-to-linalg", "mlir::ModuleOp"> {
     (`loom.packing = "i2x128"`) plus a 0-d f32 argument named
     `<name>.ternary_scale` (`loom.packing = "ternary_scale"`) holding the
     per-tensor multiplier: the dequantized weight is pattern × multiplier.
+
+    `bf16-params` names frozen float parameters the model stores in bf16
+    (the token embedding, a tied or separate LM head). One used only as the
+    table of `loom.embedding` and as the weight of `loom.matmul` /
+    `loom.matmul_grad_input` becomes a `tensor<VxHxbf16>` argument
+    (`loom.packing = "bf16"`): the gather widens its rows to f32 exactly
+    (`arith.extf`) and the products read it as it is
+    (`bitloom_uk_matmul_f32_bf16b` with `ukernels`). Others stay f32.
   }];
   let options = [
     Option<"ukernels", "ukernels", "bool", /*default=*/"false",
            "call the runtime's CPU micro-kernels and pass frozen bitlinear "
-           "weights packed (2 bits per weight)">
+           "weights packed (2 bits per weight)">,
+    ListOption<"bf16Params", "bf16-params", "std::string",
+               "frozen parameters (by name) stored in bf16 to pass as bf16 "
+               "when only embeddings and LM-head products use them">
   ];
   let dependentDialects = ["::mlir::linalg::LinalgDialect",
                            "::mlir::bufferization::BufferizationDialect",

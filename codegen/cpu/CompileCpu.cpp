@@ -11,6 +11,7 @@
 #include "mlir/Pass/PassManager.h"
 
 #include <algorithm>
+#include <set>
 
 using namespace mlir;
 
@@ -24,7 +25,7 @@ int64_t TensorSignature::numElements() const {
 }
 
 int64_t TensorSignature::byteSize() const {
-  return numElements() * (dtype == "i8" ? 1 : 4);
+  return numElements() * (dtype == "i8" ? 1 : dtype == "bf16" ? 2 : 4);
 }
 
 const FunctionSignature *
@@ -47,16 +48,29 @@ static TensorSignature signatureOf(Type type, StringAttr name, bool isWeight,
   sig.isInt = tensor.getElementType().isInteger(32);
   sig.dtype = sig.isInt                              ? "i32"
               : tensor.getElementType().isInteger(8) ? "i8"
+              : tensor.getElementType().isBF16()     ? "bf16"
                                                      : "f32";
   sig.isWeight = isWeight;
   sig.packing = packing ? packing.str() : "";
   return sig;
 }
 
+/// The names in `names` that are still loom.param (frozen) in `module`.
+static std::vector<std::string>
+frozenAmong(ModuleOp module, const std::vector<std::string> &names) {
+  std::set<std::string> wanted(names.begin(), names.end()), found;
+  module.walk([&](loom::ParamOp p) {
+    if (wanted.count(p.getName().str()))
+      found.insert(p.getName().str());
+  });
+  return {found.begin(), found.end()};
+}
+
 CompiledCpuModule compileForCpu(ModuleOp source,
                                 const native::NativeTarget &target,
                                 const std::vector<std::string> &entries,
-                                bool withAssembly, bool withBitcode) {
+                                bool withAssembly, bool withBitcode,
+                                const std::vector<std::string> &bf16Weights) {
   MLIRContext *context = source.getContext();
   DialectRegistry registry;
   registerCpuLoweringDependencies(registry);
@@ -75,6 +89,8 @@ CompiledCpuModule compileForCpu(ModuleOp source,
     PassManager pm(context);
     LoomLowerToLinalgOptions lowering;
     lowering.ukernels = true;
+    for (std::string &name : frozenAmong(*module, bf16Weights))
+      lowering.bf16Params.push_back(std::move(name));
     pm.addPass(createLoomLowerToLinalg(lowering));
     if (failed(pm.run(*module)))
       throw FormatError("", "compile", "lowering to linalg failed");

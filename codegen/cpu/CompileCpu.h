@@ -25,10 +25,11 @@ struct TensorSignature {
   std::vector<int64_t> shape;
   bool isInt = false;    // i32 (tokens, positions, labels) else f32
   bool isWeight = false; // a frozen model weight (loom.param argument)
-  /// "f32", "i32", or "i8" (packed ternary bytes).
+  /// "f32", "i32", "i8" (packed ternary bytes) or "bf16" (a bf16 weight).
   std::string dtype = "f32";
   /// Weights: "" (f32 values), "i2x128" (packed ternary bytes, shape
-  /// [out, row bytes]) or "ternary_scale" (the packed weight's multiplier).
+  /// [out, row bytes]), "ternary_scale" (the packed weight's multiplier) or
+  /// "bf16" (the model's bf16 values as stored).
   std::string packing;
   int64_t numElements() const;
   /// Bytes of the buffer the runtime binds.
@@ -62,11 +63,15 @@ struct CompiledCpuModule {
 /// `withAssembly` also renders the target assembly (a second code
 /// generation run); `withBitcode` keeps the optimized LLVM module as bitcode
 /// (what `bitloom inspect --dump-kernels` reads from an artifact).
-CompiledCpuModule compileForCpu(mlir::ModuleOp module,
-                                const native::NativeTarget &target,
-                                const std::vector<std::string> &entries,
-                                bool withAssembly = false,
-                                bool withBitcode = false);
+/// `bf16Weights` names the model's weights stored in bf16
+/// (bf16WeightNames): those still frozen in `module` (loom.param) go to
+/// -loom-lower-to-linalg's bf16-params, so an embedding / LM head among them
+/// stays bf16 (packing "bf16").
+CompiledCpuModule
+compileForCpu(mlir::ModuleOp module, const native::NativeTarget &target,
+              const std::vector<std::string> &entries,
+              bool withAssembly = false, bool withBitcode = false,
+              const std::vector<std::string> &bf16Weights = {});
 
 } // namespace bitloom::codegen::cpu
 

@@ -54,6 +54,17 @@ MappedFile::~MappedFile() {
     ::munmap(const_cast<uint8_t *>(data_), size_);
 }
 
+void MappedFile::release(const uint8_t *p, size_t n) const {
+  if (!data_ || p < data_ || p + n > data_ + size_ || n == 0)
+    return;
+  const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+  uintptr_t begin = (uintptr_t(p) + page - 1) / page * page;
+  uintptr_t end = (uintptr_t(p) + n) / page * page;
+  if (end > begin) // advice only: a failure changes nothing we rely on
+    (void)::madvise(reinterpret_cast<void *>(begin), end - begin,
+                    MADV_DONTNEED);
+}
+
 AtomicFileWriter::AtomicFileWriter(const std::string &path) : path_(path) {
   // The temporary lives beside the target so that rename() stays within one
   // file system and is atomic.

@@ -23,6 +23,10 @@ public:
   const uint8_t *data() const { return data_; }
   size_t size() const { return size_; }
   const std::string &path() const { return path_; }
+  /// Drops the resident pages of [p, p + n) (whole pages inside it) from
+  /// this process: they read back from the file on next access. For bytes
+  /// read once, e.g. to verify a checksum, so they stop counting as RSS.
+  void release(const uint8_t *p, size_t n) const;
 
 private:
   MappedFile() = default;

@@ -80,6 +80,14 @@ PackedTernary packTernaryWeight(const Model &model, const ModelTensor &t) {
   return packed;
 }
 
+std::vector<std::string> bf16WeightNames(const Model &model) {
+  std::vector<std::string> names;
+  for (const ModelTensor &t : model.tensors())
+    if (t.dtype == DType::BF16 && t.packing == TensorPacking::Plain)
+      names.push_back(t.name);
+  return names;
+}
+
 const ModelTensor &CpuWeightSource::tensor(const std::string &name) const {
   const ModelTensor *t = model_.find(name);
   if (!t)
@@ -94,6 +102,18 @@ std::vector<uint8_t> CpuWeightSource::bytes(const std::string &name,
     std::vector<uint8_t> out(t.numElements() * sizeof(float));
     model_.dequantize(t, reinterpret_cast<float *>(out.data()));
     return out;
+  }
+  if (packing == "bf16") {
+    // The stored values as they are (bf16 in the model's little-endian
+    // layout, row-major like the dequantized tensor).
+    const ModelTensor &t = tensor(name);
+    if (t.dtype != DType::BF16 || t.packing != TensorPacking::Plain ||
+        t.byteSize != t.numElements() * 2)
+      throw FormatError(t.filePath, name,
+                        std::string("packing 'bf16' needs a tensor stored as "
+                                    "bf16, this one is ") +
+                            dtypeName(t.dtype));
+    return std::vector<uint8_t>(t.data, t.data + t.byteSize);
   }
   if (packing == "i2x128") {
     PackedTernary packed = packTernaryWeight(model_, tensor(name));

@@ -35,11 +35,16 @@ struct PackedTernary {
 /// naming the model file and the tensor for values that are not ternary.
 PackedTernary packTernaryWeight(const Model &model, const ModelTensor &t);
 
+/// Names of the model's weights stored as plain bf16 tensors: those
+/// CpuWeightSource gives with packing "bf16" (compileForCpu's bf16Weights).
+std::vector<std::string> bf16WeightNames(const Model &model);
+
 /// The bytes compiled CPU code binds for a weight argument, by its
 /// `loom.packing`: "" f32 values, "i2x128" the packed pattern,
 /// "ternary_scale" the multiplier (one f32) of the weight whose name is
-/// this one without ".ternary_scale". Remembers multipliers so a weight is
-/// packed once when its multiplier follows it.
+/// this one without ".ternary_scale", "bf16" the raw bf16 values of a tensor
+/// stored as bf16 (any other tensor is refused). Remembers multipliers so a
+/// weight is packed once when its multiplier follows it.
 class CpuWeightSource {
 public:
   explicit CpuWeightSource(const Model &model) : model_(model) {}

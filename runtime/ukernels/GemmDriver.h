@@ -35,6 +35,14 @@ inline int ternaryAt(const uint8_t *row, int64_t j) {
   return ((row[(j >> 7) * 32 + (j & 31)] >> (2 * ((j >> 5) & 3))) & 3) - 1;
 }
 
+/// The f32 value of bf16 bits: exact, bf16 being the upper half of an f32.
+inline float bf16ToFloat(uint16_t bits) {
+  uint32_t u = uint32_t(bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
 /// opA rows [i0, i0 + mr) x columns [p0, p0 + kc) into dst[p * MR + r],
 /// rows mr..MR-1 zero.
 template <int64_t MR>
@@ -64,7 +72,7 @@ void packAGeneric(const GemmArgs &g, int64_t i0, int64_t mr, int64_t p0,
 }
 
 /// opB rows [p0, p0 + kc) x columns [j0, j0 + nr) into dst[p * NR + j],
-/// columns nr..NR-1 zero.
+/// columns nr..NR-1 zero. A bf16 B is widened here, one panel at a time.
 template <int64_t NR>
 void packBGeneric(const GemmArgs &g, int64_t p0, int64_t kc, int64_t j0,
                   int64_t nr, float *dst) {
@@ -74,6 +82,10 @@ void packBGeneric(const GemmArgs &g, int64_t p0, int64_t kc, int64_t j0,
       const uint8_t *row = g.ternary + (p0 + p) * g.ternaryRowBytes;
       for (int64_t j = 0; j < nr; ++j)
         out[j] = g.scale * float(ternaryAt(row, j0 + j));
+    } else if (g.bf16) {
+      for (int64_t j = 0; j < nr; ++j)
+        out[j] = bf16ToFloat(g.transB ? g.bf16[(j0 + j) * g.ldb + p0 + p]
+                                      : g.bf16[(p0 + p) * g.ldb + j0 + j]);
     } else if (g.transB) {
       for (int64_t j = 0; j < nr; ++j)
         out[j] = g.b[(j0 + j) * g.ldb + p0 + p];

@@ -31,14 +31,16 @@ void resetIsa();
 
 /// A dense product C = (accumulate ? C : 0) + opA * opB over [m, n, k]:
 ///   opA(i, p) = transA ? a[p * lda + i] : a[i * lda + p]
-///   opB(p, j) = ternary ? scale * w(p, j) : transB ? b[j * ldb + p]
-///                                                  : b[p * ldb + j]
-/// where w(p, j) is column j of row p of the i2x128-packed `ternary`.
+///   opB(p, j) = ternary ? scale * w(p, j) : transB ? B[j * ldb + p]
+///                                                  : B[p * ldb + j]
+/// where w(p, j) is column j of row p of the i2x128-packed `ternary`, and B
+/// is `b`, or `bf16` widened to f32 (exactly) when that is set.
 struct GemmArgs {
   const float *a = nullptr;
   int64_t lda = 0;
   bool transA = false;
   const float *b = nullptr;
+  const uint16_t *bf16 = nullptr;
   int64_t ldb = 0;
   bool transB = false;
   const uint8_t *ternary = nullptr;

@@ -19,6 +19,23 @@ inline __m256i laneMask(int64_t count) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(c), index);
 }
 
+/// Eight bf16 values widened to f32.
+inline __m256 widenBf16(__m128i bits) {
+  return _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+}
+
+/// bf16 values [0, count) of `src` (the others 0) widened to f32: AVX2 has
+/// no masked 16-bit load.
+inline __m256 loadBf16(const uint16_t *src, int64_t count) {
+  if (count >= 8)
+    return widenBf16(_mm_loadu_si128(reinterpret_cast<const __m128i *>(src)));
+  uint16_t tmp[8] = {};
+  if (count > 0)
+    std::memcpy(tmp, src, size_t(count) * sizeof(uint16_t));
+  return widenBf16(_mm_loadu_si128(reinterpret_cast<const __m128i *>(tmp)));
+}
+
 /// In-register transpose of an 8x8 block of 32-bit elements.
 inline void transpose8x8(__m256 r[8]) {
   __m256 t[8], u[8];
@@ -77,6 +94,10 @@ struct Avx2Gemm {
       }
       return;
     }
+    if (g.bf16) {
+      packBf16(g, p0, kc, j0, nr, dst);
+      return;
+    }
     if (!g.transB) {
       const float *src = g.b + p0 * g.ldb + j0;
       for (int64_t p = 0; p < kc; ++p) {
@@ -97,6 +118,34 @@ struct Avx2Gemm {
                           : _mm256_setzero_ps();
         transpose8x8(r);
         int64_t count = minI64(8, kc - p);
+        for (int q = 0; q < count; ++q)
+          _mm256_store_ps(dst + (p + q) * NR + 8 * half, r[q]);
+      }
+    }
+  }
+
+  /// packB of a bf16 B: the f32 paths with a widening load.
+  static void packBf16(const GemmArgs &g, int64_t p0, int64_t kc, int64_t j0,
+                       int64_t nr, float *dst) {
+    if (!g.transB) {
+      const uint16_t *src = g.bf16 + p0 * g.ldb + j0;
+      for (int64_t p = 0; p < kc; ++p) {
+        _mm256_store_ps(dst + p * NR, loadBf16(src + p * g.ldb, nr));
+        _mm256_store_ps(dst + p * NR + 8,
+                        loadBf16(src + p * g.ldb + 8, nr - 8));
+      }
+      return;
+    }
+    for (int64_t half = 0; half < 2; ++half) {
+      int64_t rows = minI64(8, nr - 8 * half);
+      const uint16_t *src = g.bf16 + (j0 + 8 * half) * g.ldb + p0;
+      for (int64_t p = 0; p < kc; p += 8) {
+        int64_t count = minI64(8, kc - p);
+        __m256 r[8];
+        for (int q = 0; q < 8; ++q)
+          r[q] = q < rows ? loadBf16(src + q * g.ldb + p, count)
+                          : _mm256_setzero_ps();
+        transpose8x8(r);
         for (int q = 0; q < count; ++q)
           _mm256_store_ps(dst + (p + q) * NR + 8 * half, r[q]);
       }

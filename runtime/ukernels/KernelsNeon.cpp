@@ -25,8 +25,59 @@ struct NeonGemm {
     packAGeneric<MR>(g, i0, mr, p0, kc, dst);
   }
 
+  /// Eight bf16 values widened to f32 into dst[0, 8).
+  static void storeBf16(const uint16_t *src, float *dst) {
+    uint16x8_t bits = vld1q_u16(src);
+    vst1q_f32(dst, vreinterpretq_f32_u32(vshll_n_u16(vget_low_u16(bits), 16)));
+    vst1q_f32(dst + 4, vreinterpretq_f32_u32(vshll_high_n_u16(bits, 16)));
+  }
+
+  /// Four bf16 values widened to f32.
+  static float32x4_t loadBf16x4(const uint16_t *src) {
+    return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(src), 16));
+  }
+
+  /// packB of a bf16 B on whole panels (nr == NR): the widening is a shift.
+  static void packBf16(const GemmArgs &g, int64_t p0, int64_t kc, int64_t j0,
+                       float *dst) {
+    if (!g.transB) {
+      const uint16_t *src = g.bf16 + p0 * g.ldb + j0;
+      for (int64_t p = 0; p < kc; ++p)
+        storeBf16(src + p * g.ldb, dst + p * NR);
+      return;
+    }
+    // Eight stored rows (the panel's columns) by four of k at a time, as two
+    // 4x4 transposes; the last kc % 4 steps one at a time.
+    const uint16_t *src = g.bf16 + j0 * g.ldb + p0;
+    int64_t p = 0;
+    for (; p + 4 <= kc; p += 4)
+      for (int half = 0; half < 2; ++half) {
+        const uint16_t *rows = src + 4 * half * g.ldb + p;
+        float32x4x2_t t01 =
+            vtrnq_f32(loadBf16x4(rows), loadBf16x4(rows + g.ldb));
+        float32x4x2_t t23 = vtrnq_f32(loadBf16x4(rows + 2 * g.ldb),
+                                      loadBf16x4(rows + 3 * g.ldb));
+        float *out = dst + p * NR + 4 * half;
+        vst1q_f32(out, vcombine_f32(vget_low_f32(t01.val[0]),
+                                    vget_low_f32(t23.val[0])));
+        vst1q_f32(out + NR, vcombine_f32(vget_low_f32(t01.val[1]),
+                                         vget_low_f32(t23.val[1])));
+        vst1q_f32(out + 2 * NR, vcombine_f32(vget_high_f32(t01.val[0]),
+                                             vget_high_f32(t23.val[0])));
+        vst1q_f32(out + 3 * NR, vcombine_f32(vget_high_f32(t01.val[1]),
+                                             vget_high_f32(t23.val[1])));
+      }
+    for (; p < kc; ++p)
+      for (int64_t j = 0; j < NR; ++j)
+        dst[p * NR + j] = bf16ToFloat(src[j * g.ldb + p]);
+  }
+
   static void packB(const GemmArgs &g, int64_t p0, int64_t kc, int64_t j0,
                     int64_t nr, float *dst) {
+    if (g.bf16 && nr == NR) {
+      packBf16(g, p0, kc, j0, dst);
+      return;
+    }
     if (!g.ternary || nr != NR) {
       packBGeneric<NR>(g, p0, kc, j0, nr, dst);
       return;

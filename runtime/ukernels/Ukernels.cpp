@@ -181,6 +181,24 @@ void runGemm(const KernelTable &table, const GemmArgs &g) {
   }
 }
 
+/// bitloom_uk_matmul_f32's operands but B (dense, row-major, no padding).
+GemmArgs denseGemm(const float *a, float *c, int64_t m, int64_t n, int64_t k,
+                   int32_t transA, int32_t transB, int32_t accumulate) {
+  GemmArgs g;
+  g.a = a;
+  g.lda = transA ? m : k;
+  g.transA = transA != 0;
+  g.ldb = transB ? k : n;
+  g.transB = transB != 0;
+  g.c = c;
+  g.ldc = n;
+  g.m = m;
+  g.n = n;
+  g.k = k;
+  g.accumulate = accumulate != 0;
+  return g;
+}
+
 } // namespace
 } // namespace bitloom::uk
 
@@ -283,19 +301,17 @@ void bitloom_uk_ternary_matmul_t(const float *dy, const uint8_t *w, float scale,
 void bitloom_uk_matmul_f32(const float *a, const float *b, float *c, int64_t m,
                            int64_t n, int64_t k, int32_t transA, int32_t transB,
                            int32_t accumulate) {
-  GemmArgs g;
-  g.a = a;
-  g.lda = transA ? m : k;
-  g.transA = transA != 0;
+  GemmArgs g = denseGemm(a, c, m, n, k, transA, transB, accumulate);
   g.b = b;
-  g.ldb = transB ? k : n;
-  g.transB = transB != 0;
-  g.c = c;
-  g.ldc = n;
-  g.m = m;
-  g.n = n;
-  g.k = k;
-  g.accumulate = accumulate != 0;
+  runGemm(kernels(), g);
+}
+
+void bitloom_uk_matmul_f32_bf16b(const float *a, const uint16_t *b, float *c,
+                                 int64_t m, int64_t n, int64_t k,
+                                 int32_t transA, int32_t transB,
+                                 int32_t accumulate) {
+  GemmArgs g = denseGemm(a, c, m, n, k, transA, transB, accumulate);
+  g.bf16 = b;
   runGemm(kernels(), g);
 }
 }

@@ -1,11 +1,12 @@
 //===- Ukernels.h - CPU micro-kernels called from generated code -*- C -*-===//
 //
 // The C ABI that compiled training steps call for their heavy products: the
-// ternary BitNet linear (forward and input gradient) and dense f32 GEMM. The
-// generated shared object is dlopen'ed by the runtime and these symbols
-// resolve against the runtime executable, so the names and signatures are a
-// stable contract with codegen. Each call picks the best instruction set of
-// the running CPU and splits its work over a persistent thread pool.
+// ternary BitNet linear (forward and input gradient) and dense f32 GEMM (B in
+// f32 or bf16). The generated shared object is dlopen'ed by the runtime and
+// these symbols resolve against the runtime executable, so the names and
+// signatures are a stable contract with codegen. Each call picks the best
+// instruction set of the running CPU and splits its work over a persistent
+// thread pool.
 //
 //===----------------------------------------------------------------------===//
 #ifndef BITLOOM_UKERNELS_UKERNELS_H
@@ -55,6 +56,16 @@ void bitloom_uk_ternary_matmul_t(const float *dy, const uint8_t *w, float scale,
 void bitloom_uk_matmul_f32(const float *a, const float *b, float *c, int64_t m,
                            int64_t n, int64_t k, int32_t transA, int32_t transB,
                            int32_t accumulate);
+
+/// bitloom_uk_matmul_f32 with B in bf16 (the raw bits, stored and transposed
+/// as B is there): each element is widened to f32 exactly (bits << 16) while
+/// a cache block of B is packed, never the whole matrix at once, so the
+/// result is that of the f32 GEMM on the widened B. For frozen bf16 weights
+/// (the token embedding used as the LM head).
+void bitloom_uk_matmul_f32_bf16b(const float *a, const uint16_t *b, float *c,
+                                 int64_t m, int64_t n, int64_t k,
+                                 int32_t transA, int32_t transB,
+                                 int32_t accumulate);
 
 #ifdef __cplusplus
 }

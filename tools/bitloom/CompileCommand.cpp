@@ -121,7 +121,7 @@ static int compileCpuArtifact(CompileArgs &args, const Model &model,
   codegen::cpu::CompiledCpuModule compiled =
       codegen::cpu::compileForCpu(module, target, entries,
                                   /*withAssembly=*/false,
-                                  /*withBitcode=*/true);
+                                  /*withBitcode=*/true, bf16WeightNames(model));
 
   blm::ArtifactBuilder builder;
   builder.setProducer("bitloom");
@@ -212,15 +212,17 @@ static int compileCpuArtifact(CompileArgs &args, const Model &model,
   ir.format = "llvm-bc";
   builder.addExecutable(ir, compiled.bitcode.data(), compiled.bitcode.size());
 
-  // Frozen weights in the form the code takes them (f32, or packed ternary
-  // plus multiplier), prepared and streamed tensor by tensor.
+  // Frozen weights in the form the code takes them (f32, bf16 as stored, or
+  // packed ternary plus multiplier), prepared and streamed tensor by tensor.
   std::map<std::string, uint32_t> weightIndex;
   CpuWeightSource weights(model);
   for (const codegen::cpu::FunctionSignature &f : compiled.functions)
     for (const codegen::cpu::TensorSignature &a : f.args) {
       if (!a.isWeight || weightIndex.count(a.name))
         continue;
-      std::string dtype = a.packing == "i2x128" ? "i2x128" : "f32";
+      std::string dtype = a.packing == "i2x128" ? "i2x128"
+                          : a.packing == "bf16" ? "bf16"
+                                                : "f32";
       std::vector<int64_t> shape = a.shape;
       if (a.packing == "i2x128") {
         const ModelTensor *t = model.find(a.name);

@@ -178,7 +178,8 @@ TrainingSession::TrainingSession(
   } else {
     codegen::cpu::CompiledCpuModule code = codegen::cpu::compileForCpu(
         *compiled_->module, native::resolveNativeTarget(target.name, "native"),
-        target.entries);
+        target.entries, /*withAssembly=*/false, /*withBitcode=*/false,
+        bf16WeightNames(model));
     compiled_->native =
         std::make_unique<NativeExecutor>(std::move(code), model);
   }

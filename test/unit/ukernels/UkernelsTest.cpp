@@ -318,10 +318,10 @@ float fromBf16(uint16_t h) {
 // bitloom_uk_matmul_f32 on the same ISA (the same packing order and tile).
 TEST(UkernelsMatmulF32Bf16B, AllTransposesAndAccumulate) {
   std::mt19937 rng(5);
-  const int64_t shapes[][3] = {{1, 1, 1},      {1, 7, 127},    {7, 1, 128},
-                               {7, 33, 129},   {9, 31, 257},   {17, 300, 5},
+  const int64_t shapes[][3] = {{1, 1, 1},      {1, 7, 127},     {7, 1, 128},
+                               {7, 33, 129},   {9, 31, 257},    {17, 300, 5},
                                {5, 17, 15},    {128, 100, 768}, {300, 40, 33},
-                               {33, 1000, 64}, {6, 2050, 96},  {2, 2, 0}};
+                               {33, 1000, 64}, {6, 2050, 96},   {2, 2, 0}};
   for (const auto &s : shapes) {
     int64_t m = s[0], n = s[1], k = s[2];
     std::vector<float> a = randomFloats(rng, m * k);
@@ -362,9 +362,8 @@ TEST(UkernelsMatmulF32Bf16B, AllTransposesAndAccumulate) {
                                 " transA " + std::to_string(transA) +
                                 " transB " + std::to_string(transB) +
                                 " accumulate " + std::to_string(accumulate);
-            ASSERT_EQ(std::memcmp(c.data(), same.data(),
-                                  c.size() * sizeof(float)),
-                      0)
+            ASSERT_EQ(
+                std::memcmp(c.data(), same.data(), c.size() * sizeof(float)), 0)
                 << where << ": differs from bitloom_uk_matmul_f32";
             for (int64_t idx = 0; idx < m * n; ++idx) {
               double ref =
@@ -381,8 +380,8 @@ TEST(UkernelsMatmulF32Bf16B, AllTransposesAndAccumulate) {
 // Special values widen exactly: infinities, subnormals, the largest finite
 // value (-0 would become +0 in the zero-initialized sum).
 TEST(UkernelsMatmulF32Bf16B, WidensExactly) {
-  const uint16_t values[] = {0x0000, 0x3F80, 0xBF80, 0x7F80,
-                             0xFF80, 0x0001, 0x807F, 0x7F7F, 0x4049};
+  const uint16_t values[] = {0x0000, 0x3F80, 0xBF80, 0x7F80, 0xFF80,
+                             0x0001, 0x807F, 0x7F7F, 0x4049};
   const int64_t n = sizeof(values) / sizeof(values[0]);
   float one = 1.0f;
   forEachConfig([&] {
