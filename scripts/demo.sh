@@ -15,7 +15,7 @@ echo "== make the tiny model and compile its training step for this CPU"
 $bitloom make-model --preset tiny --out "$out/tiny"
 $bitloom compile "$out/tiny" --target cpu-x86_64 --cpu native --seq-len 64 \
   --batch 4 --lora-rank 8 --lora-alpha 16 --lora-targets all -o "$out/tiny.blm"
-$bitloom inspect "$out/tiny.blm" | sed -n '1,/^entry points/p'
+$bitloom inspect "$out/tiny.blm" | grep -E '^(model|lora|compiled for|memory plan):'
 
 prompt="Question: What is the capital of France? Answer:"
 echo "== before training"
@@ -26,7 +26,7 @@ echo "== fine-tune a LoRA adapter (40 epochs of data/tiny-qa.txt, 10% held out)"
 $run train "$out/tiny.blm" --data data/tiny-qa.txt --epochs 40 --lr 1e-2 \
   --lr-schedule cosine --warmup 10 --val-split 0.1 --seed 1 --save-every 200 \
   --export-gguf --progress plain --out "$out/adapter" |
-  awk '/^step/ && ++n % 80 != 1 {next} {print}'
+  awk '/^step/ && ++n % 16 != 1 {next} /^validation/ && ++v % 10 != 0 {next} {print}'
 
 echo "== after training: the adapter reloaded from $out/adapter (PEFT) and adapter.gguf"
 $run eval "$out/tiny.blm" --data data/tiny-qa.txt --adapter "$out/adapter"

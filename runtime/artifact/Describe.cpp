@@ -173,8 +173,13 @@ void describeArtifact(const Artifact &a, std::ostream &os,
        << ", optimizer " << o.optimizer
        << (o.recompute ? ", activation recompute" : "") << "\n";
   }
-  for (const auto &[k, v] : a.metadata())
-    os << "metadata " << k << " = " << v << "\n";
+  // Long or multi-line values (tokenizer.json, chat templates) by size only.
+  for (const auto &[k, v] : a.metadata()) {
+    if (v.size() > 120 || v.find('\n') != std::string::npos)
+      os << "metadata " << k << " = (" << v.size() << " bytes)\n";
+    else
+      os << "metadata " << k << " = " << v << "\n";
+  }
 
   os << "entry points (" << a.numEntryPoints() << "):\n";
   for (size_t i = 0; i < a.numEntryPoints(); ++i) {

@@ -12,12 +12,15 @@
 #include "formats/MappedFile.h"
 #include "formats/Safetensors.h"
 #include "model/MakeModel.h"
+#include "model/TernaryWeights.h"
 #include "tokenizer/Tokenizer.h"
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -897,4 +900,37 @@ TEST(MakeModel, TokenizerFilesAgree) {
   EXPECT_EQ(chatIds.front(), *a->tokenToId("<|start_header_id|>"));
   EXPECT_EQ(chatIds.back(), *hf->config().eosTokenId);
   EXPECT_EQ(a->idToToken(int32_t(*hf->config().eosTokenId)), "<|eot_id|>");
+}
+
+// Frozen bf16 weights reach compiled CPU code as stored (packing "bf16"):
+// the tensor's raw bytes, which widen exactly to the dequantized values. A
+// tensor stored otherwise is refused.
+TEST(CpuWeightSource, Bf16AsStored) {
+  TempDir dir;
+  auto m = Model::open(makeHf(dir / "hf"));
+  std::vector<std::string> names = bf16WeightNames(*m);
+  EXPECT_NE(std::find(names.begin(), names.end(), "model.embed_tokens.weight"),
+            names.end());
+  const ModelTensor &t = *m->find("model.embed_tokens.weight");
+  CpuWeightSource source(*m);
+  std::vector<uint8_t> raw = source.bytes(t.name, "bf16");
+  ASSERT_EQ(raw.size(), t.numElements() * 2);
+  EXPECT_EQ(std::memcmp(raw.data(), t.data, raw.size()), 0);
+  std::vector<uint8_t> values = source.bytes(t.name, "");
+  ASSERT_EQ(values.size(), t.numElements() * 4);
+  for (size_t i = 0; i < t.numElements(); ++i) {
+    uint32_t bits = uint32_t(raw[2 * i] | raw[2 * i + 1] << 8) << 16;
+    float widened, value;
+    std::memcpy(&widened, &bits, 4);
+    std::memcpy(&value, values.data() + 4 * i, 4);
+    ASSERT_EQ(widened, value) << "element " << i;
+  }
+
+  // TQ2_0 GGUF: token_embd is F16.
+  auto g = Model::open(makeGguf(dir / "tiny.gguf", "TQ2_0"));
+  EXPECT_TRUE(bf16WeightNames(*g).empty());
+  CpuWeightSource gs(*g);
+  EXPECT_CONTAINS(
+      errorOf([&] { gs.bytes("model.embed_tokens.weight", "bf16"); }),
+      "packing 'bf16' needs a tensor stored as bf16, this one is F16");
 }
