@@ -24,8 +24,8 @@
 #include "mlir/Dialect/Bufferization/IR/Bufferization.h"
 #include "mlir/Dialect/LLVMIR/LLVMDialect.h"
 #include "mlir/Dialect/Linalg/IR/Linalg.h"
-#include "mlir/Dialect/MemRef/IR/MemRef.h"
 #include "mlir/Dialect/Math/IR/Math.h"
+#include "mlir/Dialect/MemRef/IR/MemRef.h"
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
 #include "mlir/IR/ImplicitLocOpBuilder.h"
 #include "llvm/ADT/StringMap.h"
@@ -237,11 +237,10 @@ private:
         b, loc, meta.getBaseBuffer());
     auto type = cast<MemRefType>(memref.getType());
     int64_t bytes = type.getElementTypeBitWidth() / 8;
-    Value offset = arith::MulIOp::create(b, loc, meta.getOffset(),
-                                         s.idx(bytes));
+    Value offset =
+        arith::MulIOp::create(b, loc, meta.getOffset(), s.idx(bytes));
     Value address = arith::AddIOp::create(b, loc, base, offset);
-    Value asI64 =
-        arith::IndexCastOp::create(b, loc, b.getI64Type(), address);
+    Value asI64 = arith::IndexCastOp::create(b, loc, b.getI64Type(), address);
     return LLVM::IntToPtrOp::create(b, loc, ptrType(), asI64);
   }
   /// A read-only view of a tensor's buffer for a micro-kernel.
@@ -260,8 +259,7 @@ private:
   Value finish(Value memref) {
     auto type = cast<MemRefType>(memref.getType());
     return bufferization::ToTensorOp::create(
-        b, loc,
-        RankedTensorType::get(type.getShape(), type.getElementType()),
+        b, loc, RankedTensorType::get(type.getShape(), type.getElementType()),
         memref, /*restrict=*/true, /*writable=*/true);
   }
   void callUkernel(StringRef name, ArrayRef<Value> operands) {
@@ -677,9 +675,8 @@ SmallVector<Value> Lowering::attentionShape(Value q, Value k, int64_t heads,
                                             int64_t kvHeads, int64_t headDim,
                                             double scale, bool causal) {
   ArrayRef<int64_t> qs = shapeOf(q), ks = shapeOf(k);
-  return {i64(qs[0]),    i64(qs[1]),   i64(ks[1]),
-          i64(heads),    i64(kvHeads), i64(headDim),
-          s.f32(scale),  i32(causal)};
+  return {i64(qs[0]),   i64(qs[1]),   i64(ks[1]),   i64(heads),
+          i64(kvHeads), i64(headDim), s.f32(scale), i32(causal)};
 }
 
 Value Lowering::attention(AttentionOp op) {
@@ -1021,8 +1018,8 @@ SmallVector<Value> Lowering::attentionGrad(AttentionGradOp op) {
                                    newBuffer(qs, f32(), dq),
                                    newBuffer(ks, f32(), dk),
                                    newBuffer(ks, f32(), dv)};
-    operands.append(attentionShape(q, k, heads, kvHeads, headDim, scale,
-                                   op.getCausal()));
+    operands.append(
+        attentionShape(q, k, heads, kvHeads, headDim, scale, op.getCausal()));
     callUkernel("bitloom_uk_attention_grad", operands);
     return {finish(dq), finish(dk), finish(dv)};
   }
@@ -1349,8 +1346,8 @@ public:
     for (const auto &entry : context.declarations) {
       if (module.lookupSymbol(entry.getKey()))
         continue;
-      auto decl = func::FuncOp::create(builder, module.getLoc(),
-                                       entry.getKey(), entry.getValue());
+      auto decl = func::FuncOp::create(builder, module.getLoc(), entry.getKey(),
+                                       entry.getValue());
       decl.setPrivate();
     }
   }
@@ -1451,8 +1448,8 @@ private:
         attrs.push_back(
             b.getNamedAttr("loom.packing", b.getStringAttr(packing)));
       unsigned index = func.getNumArguments();
-      if (failed(func.insertArgument(index, type, b.getDictionaryAttr(attrs),
-                                     at)))
+      if (failed(
+              func.insertArgument(index, type, b.getDictionaryAttr(attrs), at)))
         return failure();
       return func.getArgument(index);
     };

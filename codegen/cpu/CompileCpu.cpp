@@ -131,7 +131,8 @@ CompiledCpuModule compileForCpu(ModuleOp source,
     throw FormatError("", "compile", "lowering to the LLVM dialect failed");
   for (FunctionSignature &sig : compiled.functions)
     if (auto func = module->lookupSymbol<LLVM::LLVMFuncOp>(sig.name))
-      if (auto peak = func->getAttrOfType<IntegerAttr>("loom.peak_buffer_bytes")) {
+      if (auto peak =
+              func->getAttrOfType<IntegerAttr>("loom.peak_buffer_bytes")) {
         sig.peakBufferBytes = peak.getInt();
         func->removeAttr("loom.peak_buffer_bytes");
       }

@@ -33,8 +33,7 @@ void registerCpuLoweringDependencies(mlir::DialectRegistry &registry);
 /// `ukernels`: matrix products call the runtime's micro-kernels and frozen
 /// bitlinear weights are passed packed (see -loom-lower-to-linalg).
 void buildCpuLoweringPipeline(mlir::OpPassManager &pm,
-                              bool barePointers = false,
-                              bool ukernels = false);
+                              bool barePointers = false, bool ukernels = false);
 
 } // namespace bitloom::codegen::cpu
 

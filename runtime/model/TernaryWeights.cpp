@@ -125,9 +125,10 @@ std::vector<uint8_t> CpuWeightSource::bytes(const std::string &name,
       name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
     std::string weight = name.substr(0, name.size() - suffix.size());
     auto it = multipliers_.find(weight);
-    float multiplier = it != multipliers_.end()
-                           ? it->second
-                           : packTernaryWeight(model_, tensor(weight)).multiplier;
+    float multiplier =
+        it != multipliers_.end()
+            ? it->second
+            : packTernaryWeight(model_, tensor(weight)).multiplier;
     std::vector<uint8_t> out(sizeof(float));
     std::memcpy(out.data(), &multiplier, sizeof(float));
     return out;

@@ -1,4 +1,5 @@
-//===- TernaryWeights.h - Frozen projections for the CPU kernels -*- C++ -*-===//
+//===- TernaryWeights.h - Frozen projections for the CPU kernels -*- C++
+//-*-===//
 //
 // The CPU micro-kernels take a frozen BitLinear weight as its ternary
 // pattern packed 2 bits per weight ("i2x128", runtime/ukernels/Ukernels.h)

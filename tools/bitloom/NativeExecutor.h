@@ -10,10 +10,10 @@
 #define BITLOOM_TOOLS_BITLOOM_NATIVEEXECUTOR_H
 
 #include "codegen/cpu/CompileCpu.h"
-#include "model/TernaryWeights.h"
 #include "codegen/reference/Interpreter.h"
 #include "hal/cpu/NativeLibrary.h"
 #include "model/Model.h"
+#include "model/TernaryWeights.h"
 
 #include <map>
 #include <memory>
