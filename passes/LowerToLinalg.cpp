@@ -329,6 +329,7 @@ private:
   Value scaleBy(Value x, Value zeroDScale);
   Value rowMax(Value x);
   Value rowSumExp(Value x, Value max);
+  Value softmax5(Value scores);
   Value attentionProbs(Value q5, Value k4, int64_t kvHeads, int64_t group,
                        double scale, bool causal);
 
@@ -482,7 +483,14 @@ Value Lowering::attentionProbs(Value q5, Value k4, int64_t kvHeads,
                          e.f32(-std::numeric_limits<double>::infinity()), v)};
       })[0];
   // Softmax over s: exp(x - max) · (1 / Σ), PyTorch's CPU order.
-  SmallVector<int64_t> rowShape = {batch, kvHeads, group, qLen};
+  return softmax5(scores);
+}
+
+/// Softmax over the last of five dims: exp(x - max) · (1 / Σ) with the sum
+/// in f64, PyTorch's CPU order.
+Value Lowering::softmax5(Value scores) {
+  ArrayRef<int64_t> pShape = shapeOf(scores);
+  SmallVector<int64_t> rowShape(pShape.drop_back());
   AffineMap rowMap = map(5, {0, 1, 2, 3});
   Value max = generic(
       scores, filled(rowShape, f32(), -std::numeric_limits<double>::infinity()),
@@ -500,13 +508,12 @@ Value Lowering::attentionProbs(Value q5, Value k4, int64_t kvHeads,
                       [](Scalar &e, ValueRange a) -> SmallVector<Value> {
                         return {e.add(a[1], e.ext(a[0]))};
                       })[0];
-  Value probs = generic({exps, sum}, empty(pShape, f32()),
-                        {identity(5), rowMap, identity(5)}, {P, P, P, P, P},
-                        [](Scalar &e, ValueRange a) -> SmallVector<Value> {
-                          Value inv = e.div(e.f32(1.0), e.trunc(a[1]));
-                          return {e.mul(a[0], inv)};
-                        })[0];
-  return probs;
+  return generic({exps, sum}, empty(pShape, f32()),
+                 {identity(5), rowMap, identity(5)}, {P, P, P, P, P},
+                 [](Scalar &e, ValueRange a) -> SmallVector<Value> {
+                   Value inv = e.div(e.f32(1.0), e.trunc(a[1]));
+                   return {e.mul(a[0], inv)};
+                 })[0];
 }
 
 //===----------------------------------------------------------------------===//
@@ -792,29 +799,7 @@ SmallVector<Value> Lowering::cachedAttention(CachedAttentionOp op) {
         return {e.select(visible, e.mul(a[0], e.f32(scale)), e.f32(-inf))};
       })[0];
   // Softmax over s: exp(x - max) · (1 / Σ), PyTorch's CPU order.
-  SmallVector<int64_t> rowShape = {batch, kvHeads, group, qLen};
-  AffineMap rowMap = map(5, {0, 1, 2, 3});
-  Value max = generic(scores, filled(rowShape, f32(), -inf),
-                      {identity(5), rowMap}, {P, P, P, P, R},
-                      [](Scalar &e, ValueRange a) -> SmallVector<Value> {
-                        return {e.max(a[1], a[0])};
-                      })[0];
-  Value exps = generic({scores, max}, empty(pShape, f32()),
-                       {identity(5), rowMap, identity(5)}, {P, P, P, P, P},
-                       [](Scalar &e, ValueRange a) -> SmallVector<Value> {
-                         return {e.exp(e.sub(a[0], a[1]))};
-                       })[0];
-  Value sum = generic(exps, filled(rowShape, f64(), 0.0), {identity(5), rowMap},
-                      {P, P, P, P, R},
-                      [](Scalar &e, ValueRange a) -> SmallVector<Value> {
-                        return {e.add(a[1], e.ext(a[0]))};
-                      })[0];
-  Value probs = generic({exps, sum}, empty(pShape, f32()),
-                        {identity(5), rowMap, identity(5)}, {P, P, P, P, P},
-                        [](Scalar &e, ValueRange a) -> SmallVector<Value> {
-                          Value inv = e.div(e.f32(1.0), e.trunc(a[1]));
-                          return {e.mul(a[0], inv)};
-                        })[0];
+  Value probs = softmax5(scores);
   // out[b, t, kvh, g, d] = Σ_{s <= position} P · v in f64;
   // loops (b, t, kvh, g, d, s).
   Value acc = generic(

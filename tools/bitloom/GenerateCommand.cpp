@@ -11,6 +11,7 @@
 #include "formats/Error.h"
 #include "passes/Passes.h"
 #include "tokenizer/Tokenizer.h"
+#include "trainer/Sampling.h"
 
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/Pass/PassManager.h"
@@ -40,34 +41,6 @@ void addGenerateCommand(CLI::App &app, GenerateArgs &args) {
       ->capture_default_str();
   cmd->add_option("--seed", args.seed, "sampling seed")->capture_default_str();
   cmd->add_flag("--ids", args.printIds, "also print the generated ids");
-}
-
-/// Greedy when temperature is 0; otherwise softmax(logits / T) restricted to
-/// the smallest set of tokens whose probability reaches top_p.
-int32_t sampleToken(const float *logits, int64_t vocab, double temperature,
-                    double topP, std::mt19937_64 &rng) {
-  if (temperature <= 0.0)
-    return int32_t(std::max_element(logits, logits + vocab) - logits);
-  std::vector<double> probs(static_cast<size_t>(vocab));
-  double maxLogit = *std::max_element(logits, logits + vocab), sum = 0;
-  for (int64_t i = 0; i < vocab; ++i)
-    sum += probs[i] = std::exp((double(logits[i]) - maxLogit) / temperature);
-  std::vector<int32_t> order(static_cast<size_t>(vocab));
-  std::iota(order.begin(), order.end(), 0);
-  std::sort(order.begin(), order.end(),
-            [&](int32_t a, int32_t b) { return probs[a] > probs[b]; });
-  double mass = 0;
-  size_t keep = 0;
-  while (keep < order.size() && (keep == 0 || mass < topP * sum))
-    mass += probs[order[keep++]];
-  std::uniform_real_distribution<double> uniform(0.0, mass);
-  double r = uniform(rng);
-  for (size_t i = 0; i < keep; ++i) {
-    r -= probs[order[i]];
-    if (r <= 0)
-      return order[i];
-  }
-  return order[keep - 1];
 }
 
 int runGenerate(GenerateArgs &args) {
@@ -137,7 +110,8 @@ int runGenerate(GenerateArgs &args) {
         value = std::move(out.at(name));
     const HostTensor &logits = out.at("logits");
     const float *last = logits.data.data() + (chunk.size() - 1) * vocab;
-    int32_t next = sampleToken(last, vocab, args.temperature, args.topP, rng);
+    int32_t next =
+        trainer::sampleToken(last, vocab, args.temperature, args.topP, rng);
     position += int64_t(chunk.size());
     generated.push_back(next);
     if (tokenizer->eosId() && next == *tokenizer->eosId())
