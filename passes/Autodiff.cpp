@@ -348,8 +348,8 @@ private:
     results.push_back(u.gradNorm);
     names.push_back("grad_norm");
     // Gradients are results too, under "<name>.grad": the debugging door
-    // (`bitloom step`) and parity tests read them; dead-result elimination in
-    // later phases drops them from compiled artifacts.
+    // (`bitloom step`) and parity tests read them; `bitloom compile` drops
+    // them from CPU artifacts.
     for (unsigned i = 0; i < n; ++i) {
       results.push_back(grads[i]);
       names.push_back(params[i].name + ".grad");

@@ -21,6 +21,7 @@
 #include "model/TernaryWeights.h"
 #include "passes/Passes.h"
 
+#include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/Pass/PassManager.h"
 #include "llvm/Support/raw_ostream.h"
@@ -112,6 +113,20 @@ static int compileCpuArtifact(CompileArgs &args, const Model &model,
   pm.addPass(createLoomSpecializeShapes(shapes));
   if (mlir::failed(pm.run(module)))
     throw FormatError(args.model, "specialize", "the phase failed");
+  // train_step's "<name>.grad" results are `bitloom step`'s debugging door;
+  // no runtime reads them, so the artifact does not pay a buffer and a copy
+  // per trainable tensor for them (the optimizer still uses the gradients).
+  if (auto train = module.lookupSymbol<mlir::func::FuncOp>("train_step")) {
+    llvm::BitVector gradients(train.getNumResults());
+    for (unsigned i = 0; i < train.getNumResults(); ++i)
+      if (auto name =
+              train.getResultAttrOfType<mlir::StringAttr>(i, "loom.name");
+          name && name.getValue().ends_with(".grad"))
+        gradients.set(i);
+    train.getBody().back().getTerminator()->eraseOperands(gradients);
+    if (mlir::failed(train.eraseResults(gradients)))
+      throw FormatError(args.model, "train_step", "cannot drop .grad results");
+  }
   std::vector<std::string> entries = {"train_step", "eval_step",
                                       "accumulate_step", "apply_step"};
   if (module.lookupSymbol("generate_step"))
