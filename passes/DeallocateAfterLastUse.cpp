@@ -38,7 +38,20 @@ public:
                        "functions only");
         return signalPassFailure();
       }
-      int64_t peak = placeDeallocations(func.getBody().front());
+      // A buffer allocated inside a region (a loop body) would need a
+      // deallocation per iteration; nothing lowers to that today, and
+      // silently leaking it would be worse than refusing.
+      Block &body = func.getBody().front();
+      WalkResult nested = func.walk([&](memref::AllocOp alloc) {
+        if (alloc->getBlock() == &body)
+          return WalkResult::advance();
+        alloc.emitError("loom-deallocate-after-last-use: allocation inside "
+                        "a nested region");
+        return WalkResult::interrupt();
+      });
+      if (nested.wasInterrupted())
+        return signalPassFailure();
+      int64_t peak = placeDeallocations(body);
       func->setAttr(
           "loom.peak_buffer_bytes",
           IntegerAttr::get(IntegerType::get(&getContext(), 64), peak));

@@ -166,8 +166,8 @@ def LoomDeallocateAfterLastUse
     after the last top-level op that uses the buffer or anything derived
     from it (views, extracted pointers passed to micro-kernels, values
     loaded from it), so the live set follows the schedule. Buffers that
-    reach a `func.return` or are allocated inside a nested region are
-    left alone; functions with more than one block are rejected. Each
+    reach a `func.return` are left alone; allocations inside a nested
+    region and functions with more than one block are rejected. Each
     function gets `loom.peak_buffer_bytes`: the most bytes its buffers hold
     at once under this placement (the step's transient memory plan).
   }];

@@ -50,3 +50,15 @@ func.func @branches(%c: i1) {
 ^bb1:
   return
 }
+
+// -----
+
+func.func @nested(%n: index) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  scf.for %i = %c0 to %n step %c1 {
+    // expected-error @below {{loom-deallocate-after-last-use: allocation inside a nested region}}
+    %a = memref.alloc() : memref<4xf32>
+  }
+  return
+}
