@@ -307,6 +307,29 @@ private:
         ArrayRef<ReassociationIndices>{
             lead, ReassociationIndices{tensor.getRank() - 1}});
   }
+  /// [B, T, H·D] viewed per head, `heads` giving the trailing dims:
+  /// {KVH, G, D} for queries (query head kvh·G + g meets kv head kvh through
+  /// plain projections) or {KVH, D} for keys and values.
+  Value splitHeads(Value x, ArrayRef<int64_t> heads) {
+    ArrayRef<int64_t> outer = shapeOf(x).take_front(2);
+    SmallVector<int64_t> shape(outer.begin(), outer.end());
+    shape.append(heads.begin(), heads.end());
+    return tensor::ExpandShapeOp::create(b, loc,
+                                         RankedTensorType::get(shape, f32()), x,
+                                         headReassociation(shape.size()));
+  }
+  /// The inverse of splitHeads, back to `type`.
+  Value mergeHeads(Value x, Type type) {
+    return tensor::CollapseShapeOp::create(
+        b, loc, type, x, headReassociation(shapeOf(x).size()));
+  }
+  static SmallVector<ReassociationIndices> headReassociation(unsigned rank) {
+    ReassociationIndices heads;
+    for (unsigned d = 2; d < rank; ++d)
+      heads.push_back(d);
+    return {{0}, {1}, heads};
+  }
+
   /// Every dimension into one (token ids, masks).
   Value flat(Value v) {
     ArrayRef<int64_t> shape = shapeOf(v);
@@ -690,35 +713,26 @@ Value Lowering::attention(AttentionOp op) {
   Value q = op.getQuery(), k = op.getKey(), v = op.getValue();
   int64_t heads = op.getNumHeads(), kvHeads = op.getNumKvHeads(),
           headDim = op.getHeadDim(), group = heads / kvHeads;
-  ArrayRef<int64_t> qs = shapeOf(q), ks = shapeOf(k);
   if (uk) {
     Value out;
     SmallVector<Value> operands = {pointerTo(q), pointerTo(k), pointerTo(v),
-                                   newBuffer(qs, f32(), out)};
+                                   newBuffer(shapeOf(q), f32(), out)};
     operands.append(attentionShape(q, k, heads, kvHeads, headDim,
                                    op.getScale().convertToDouble(),
                                    op.getCausal()));
     callUkernel("bitloom_uk_attention", operands);
     return finish(out);
   }
-  auto q5Type =
-      RankedTensorType::get({qs[0], qs[1], kvHeads, group, headDim}, f32());
-  auto k4Type = RankedTensorType::get({ks[0], ks[1], kvHeads, headDim}, f32());
-  ReassociationIndices head5 = {2, 3, 4}, head4 = {2, 3};
-  Value q5 =
-      tensor::ExpandShapeOp::create(b, loc, q5Type, q, {{0}, {1}, head5});
-  Value k4 =
-      tensor::ExpandShapeOp::create(b, loc, k4Type, k, {{0}, {1}, head4});
-  Value v4 =
-      tensor::ExpandShapeOp::create(b, loc, k4Type, v, {{0}, {1}, head4});
+  Value q5 = splitHeads(q, {kvHeads, group, headDim});
+  Value k4 = splitHeads(k, {kvHeads, headDim});
+  Value v4 = splitHeads(v, {kvHeads, headDim});
   Value probs = attentionProbs(q5, k4, kvHeads, group,
                                op.getScale().convertToDouble(), op.getCausal());
   // out[b, t, kvh, g, d] = Σ_s P · v; loops (b, t, kvh, g, d, s).
   Value out =
       contract(probs, map(6, {0, 2, 3, 1, 5}), v4, map(6, {0, 5, 2, 4}),
-               q5Type.getShape(), map(6, {0, 1, 2, 3, 4}), {P, P, P, P, P, R});
-  return tensor::CollapseShapeOp::create(b, loc, op.getType(), out,
-                                         {{0}, {1}, head5});
+               shapeOf(q5), map(6, {0, 1, 2, 3, 4}), {P, P, P, P, P, R});
+  return mergeHeads(out, op.getType());
 }
 
 /// A position as a cache row index, clamped to [0, maxLen) so that a bad
@@ -773,16 +787,9 @@ SmallVector<Value> Lowering::cachedAttention(CachedAttentionOp op) {
                    maxLen));
   Value keys = cacheWrite(op.getKeyCache(), op.getKey(), cacheRows);
   Value values = cacheWrite(op.getValueCache(), op.getValue(), cacheRows);
-  auto q5Type =
-      RankedTensorType::get({batch, qLen, kvHeads, group, headDim}, f32());
-  auto k4Type = RankedTensorType::get({batch, maxLen, kvHeads, headDim}, f32());
-  ReassociationIndices head5 = {2, 3, 4}, head4 = {2, 3};
-  Value q5 =
-      tensor::ExpandShapeOp::create(b, loc, q5Type, q, {{0}, {1}, head5});
-  Value k4 =
-      tensor::ExpandShapeOp::create(b, loc, k4Type, keys, {{0}, {1}, head4});
-  Value v4 =
-      tensor::ExpandShapeOp::create(b, loc, k4Type, values, {{0}, {1}, head4});
+  Value q5 = splitHeads(q, {kvHeads, group, headDim});
+  Value k4 = splitHeads(keys, {kvHeads, headDim});
+  Value v4 = splitHeads(values, {kvHeads, headDim});
   SmallVector<int64_t> pShape = {batch, kvHeads, group, qLen, maxLen};
   // Loops (b, kvh, g, t, s, d).
   Value dots = contract(q5, map(6, {0, 3, 1, 2, 5}), k4, map(6, {0, 4, 1, 5}),
@@ -803,7 +810,7 @@ SmallVector<Value> Lowering::cachedAttention(CachedAttentionOp op) {
   // out[b, t, kvh, g, d] = Σ_{s <= position} P · v in f64;
   // loops (b, t, kvh, g, d, s).
   Value acc = generic(
-      {probs, v4, positions}, filled(q5Type.getShape(), f64(), 0.0),
+      {probs, v4, positions}, filled(shapeOf(q5), f64(), 0.0),
       {map(6, {0, 2, 3, 1, 5}), map(6, {0, 5, 2, 4}), map(6, {0, 1}),
        map(6, {0, 1, 2, 3, 4})},
       {P, P, P, P, P, R}, [&](Scalar &e, ValueRange a) -> SmallVector<Value> {
@@ -813,8 +820,7 @@ SmallVector<Value> Lowering::cachedAttention(CachedAttentionOp op) {
         Value term = e.add(a[3], e.mul(e.ext(a[0]), e.ext(a[1])));
         return {e.select(visible, term, a[3])};
       })[0];
-  Value out = tensor::CollapseShapeOp::create(b, loc, op.getResult().getType(),
-                                              toF32(acc), {{0}, {1}, head5});
+  Value out = mergeHeads(toF32(acc), op.getResult().getType());
   return {out, keys, values};
 }
 
@@ -1008,18 +1014,10 @@ SmallVector<Value> Lowering::attentionGrad(AttentionGradOp op) {
     callUkernel("bitloom_uk_attention_grad", operands);
     return {finish(dq), finish(dk), finish(dv)};
   }
-  auto q5Type =
-      RankedTensorType::get({qs[0], qs[1], kvHeads, group, headDim}, f32());
-  auto k4Type = RankedTensorType::get({ks[0], ks[1], kvHeads, headDim}, f32());
-  ReassociationIndices head5 = {2, 3, 4}, head4 = {2, 3};
-  Value q5 =
-      tensor::ExpandShapeOp::create(b, loc, q5Type, q, {{0}, {1}, head5});
-  Value g5 =
-      tensor::ExpandShapeOp::create(b, loc, q5Type, dout, {{0}, {1}, head5});
-  Value k4 =
-      tensor::ExpandShapeOp::create(b, loc, k4Type, k, {{0}, {1}, head4});
-  Value v4 =
-      tensor::ExpandShapeOp::create(b, loc, k4Type, v, {{0}, {1}, head4});
+  Value q5 = splitHeads(q, {kvHeads, group, headDim});
+  Value g5 = splitHeads(dout, {kvHeads, group, headDim});
+  Value k4 = splitHeads(k, {kvHeads, headDim});
+  Value v4 = splitHeads(v, {kvHeads, headDim});
   Value probs = attentionProbs(q5, k4, kvHeads, group, scale, op.getCausal());
   ArrayRef<int64_t> pShape = shapeOf(probs);
   // dP[b, kvh, g, t, s] = Σ_d dout · v, kept in f64; loops (b,kvh,g,t,s,d).
@@ -1039,23 +1037,16 @@ SmallVector<Value> Lowering::attentionGrad(AttentionGradOp op) {
         return {e.mul(e.mul(e.ext(a[0]), e.sub(a[1], a[2])), e.f64(scale))};
       })[0];
   // dq[b, t, kvh, g, d] = Σ_s dS · k; loops (b, t, kvh, g, d, s).
-  Value dq =
-      contract(dS, map(6, {0, 2, 3, 1, 5}), k4, map(6, {0, 5, 2, 4}),
-               q5Type.getShape(), map(6, {0, 1, 2, 3, 4}), {P, P, P, P, P, R});
+  Value dq = contract(dS, map(6, {0, 2, 3, 1, 5}), k4, map(6, {0, 5, 2, 4}),
+                      shapeOf(q5), map(6, {0, 1, 2, 3, 4}), {P, P, P, P, P, R});
   // dk[b, s, kvh, d] = Σ_{g,t} dS · q; loops (b, s, kvh, d, g, t).
-  Value dk =
-      contract(dS, map(6, {0, 2, 4, 5, 1}), q5, map(6, {0, 5, 2, 4, 3}),
-               k4Type.getShape(), map(6, {0, 1, 2, 3}), {P, P, P, P, R, R});
+  Value dk = contract(dS, map(6, {0, 2, 4, 5, 1}), q5, map(6, {0, 5, 2, 4, 3}),
+                      shapeOf(k4), map(6, {0, 1, 2, 3}), {P, P, P, P, R, R});
   Value dv =
       contract(probs, map(6, {0, 2, 4, 5, 1}), g5, map(6, {0, 5, 2, 4, 3}),
-               k4Type.getShape(), map(6, {0, 1, 2, 3}), {P, P, P, P, R, R});
-  Value dqFlat = tensor::CollapseShapeOp::create(b, loc, q.getType(), dq,
-                                                 {{0}, {1}, head5});
-  Value dkFlat = tensor::CollapseShapeOp::create(b, loc, k.getType(), dk,
-                                                 {{0}, {1}, head4});
-  Value dvFlat = tensor::CollapseShapeOp::create(b, loc, v.getType(), dv,
-                                                 {{0}, {1}, head4});
-  return {dqFlat, dkFlat, dvFlat};
+               shapeOf(k4), map(6, {0, 1, 2, 3}), {P, P, P, P, R, R});
+  return {mergeHeads(dq, q.getType()), mergeHeads(dk, k.getType()),
+          mergeHeads(dv, v.getType())};
 }
 
 Value Lowering::matmulGradInput(MatmulGradInputOp op) {
