@@ -13,6 +13,7 @@
 #include "model/MakeModel.h"
 #include "model/Model.h"
 #include "passes/Passes.h"
+#include "test/unit/codegen/JitArgs.h"
 #include "tools/bitloom/ImportModel.h"
 
 #include "mlir/ExecutionEngine/ExecutionEngine.h"
@@ -105,33 +106,7 @@ HostTensor makeInput(const TensorSig &sig, int64_t vocab, std::mt19937 &rng) {
   return t;
 }
 
-/// The memref descriptors of the lowered ABI (see codegen/cpu/Pipeline.h):
-/// allocated and aligned pointers, offset, sizes, strides, one word each.
-class PackedArgs {
-public:
-  void add(void *data, const std::vector<int64_t> &shape) {
-    auto words = std::make_unique<std::vector<int64_t>>();
-    words->push_back(reinterpret_cast<int64_t>(data));
-    words->push_back(reinterpret_cast<int64_t>(data));
-    words->push_back(0);
-    words->insert(words->end(), shape.begin(), shape.end());
-    int64_t stride = 1;
-    std::vector<int64_t> strides(shape.size());
-    for (size_t d = shape.size(); d-- > 0;) {
-      strides[d] = stride;
-      stride *= shape[d];
-    }
-    words->insert(words->end(), strides.begin(), strides.end());
-    for (int64_t &w : *words)
-      pointers_.push_back(&w);
-    storage_.push_back(std::move(words));
-  }
-  SmallVector<void *> &pointers() { return pointers_; }
-
-private:
-  std::vector<std::unique_ptr<std::vector<int64_t>>> storage_;
-  SmallVector<void *> pointers_;
-};
+using bitloom::test::PackedArgs;
 
 struct Error {
   double normRelative = 0;    // max |jit - ref| / max |ref|
