@@ -136,19 +136,32 @@ struct Avx512Gemm {
       }
       return;
     }
-    if (g.bf16) {
-      packBf16(g, p0, kc, j0, nr, dst);
-      return;
-    }
+    if (g.bf16)
+      packPanel(g.bf16, g, p0, kc, j0, nr, dst);
+    else
+      packPanel(g.b, g, p0, kc, j0, nr, dst);
+  }
+
+  static __m512 load(__mmask16 mask, const float *src) {
+    return _mm512_maskz_loadu_ps(mask, src);
+  }
+  static __m512 load(__mmask16 mask, const uint16_t *src) {
+    return loadBf16(mask, src);
+  }
+
+  /// packB of a dense B, f32 or bf16 (widened while loading: exact).
+  template <typename Elem>
+  static void packPanel(const Elem *b, const GemmArgs &g, int64_t p0,
+                        int64_t kc, int64_t j0, int64_t nr, float *dst) {
+    __mmask16 lo = mask16(nr), hi = mask16(nr - 16);
     if (!g.transB) {
-      const float *src = g.b + p0 * g.ldb + j0;
+      const Elem *src = b + p0 * g.ldb + j0;
       for (int64_t p = 0; p < kc; ++p) {
         prefetch(src + p * g.ldb + kPrefetchAhead);
-        prefetch(src + p * g.ldb + kPrefetchAhead + 16);
-        _mm512_store_ps(dst + p * NR,
-                        _mm512_maskz_loadu_ps(lo, src + p * g.ldb));
-        _mm512_store_ps(dst + p * NR + 16,
-                        _mm512_maskz_loadu_ps(hi, src + p * g.ldb + 16));
+        if (sizeof(Elem) == 4) // 32 floats span two cache lines
+          prefetch(src + p * g.ldb + kPrefetchAhead + 16);
+        _mm512_store_ps(dst + p * NR, load(lo, src + p * g.ldb));
+        _mm512_store_ps(dst + p * NR + 16, load(hi, src + p * g.ldb + 16));
       }
       return;
     }
@@ -156,49 +169,14 @@ struct Avx512Gemm {
     // time, transposed in registers.
     for (int64_t half = 0; half < 2; ++half) {
       int64_t rows = minI64(16, nr - 16 * half);
-      const float *src = g.b + (j0 + 16 * half) * g.ldb + p0;
+      const Elem *src = b + (j0 + 16 * half) * g.ldb + p0;
       for (int64_t p = 0; p < kc; p += 16) {
         __mmask16 pm = mask16(kc - p);
         __m512 r[16];
         for (int q = 0; q < 16; ++q) {
           if (q < rows)
             prefetch(src + q * g.ldb + p + kPrefetchAhead);
-          r[q] = q < rows ? _mm512_maskz_loadu_ps(pm, src + q * g.ldb + p)
-                          : _mm512_setzero_ps();
-        }
-        transpose16x16(r);
-        int64_t count = minI64(16, kc - p);
-        for (int q = 0; q < count; ++q)
-          _mm512_store_ps(dst + (p + q) * NR + 16 * half, r[q]);
-      }
-    }
-  }
-
-  /// packB of a bf16 B: the f32 paths with a widening load (the same
-  /// prefetch distance in elements, half the bytes).
-  static void packBf16(const GemmArgs &g, int64_t p0, int64_t kc, int64_t j0,
-                       int64_t nr, float *dst) {
-    __mmask16 lo = mask16(nr), hi = mask16(nr - 16);
-    if (!g.transB) {
-      const uint16_t *src = g.bf16 + p0 * g.ldb + j0;
-      for (int64_t p = 0; p < kc; ++p) {
-        prefetch(src + p * g.ldb + kPrefetchAhead);
-        _mm512_store_ps(dst + p * NR, loadBf16(lo, src + p * g.ldb));
-        _mm512_store_ps(dst + p * NR + 16, loadBf16(hi, src + p * g.ldb + 16));
-      }
-      return;
-    }
-    for (int64_t half = 0; half < 2; ++half) {
-      int64_t rows = minI64(16, nr - 16 * half);
-      const uint16_t *src = g.bf16 + (j0 + 16 * half) * g.ldb + p0;
-      for (int64_t p = 0; p < kc; p += 16) {
-        __mmask16 pm = mask16(kc - p);
-        __m512 r[16];
-        for (int q = 0; q < 16; ++q) {
-          if (q < rows)
-            prefetch(src + q * g.ldb + p + kPrefetchAhead);
-          r[q] = q < rows ? loadBf16(pm, src + q * g.ldb + p)
-                          : _mm512_setzero_ps();
+          r[q] = q < rows ? load(pm, src + q * g.ldb + p) : _mm512_setzero_ps();
         }
         transpose16x16(r);
         int64_t count = minI64(16, kc - p);
