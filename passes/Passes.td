@@ -174,4 +174,42 @@ def LoomDeallocateAfterLastUse
   let dependentDialects = ["::mlir::memref::MemRefDialect"];
 }
 
+def LoomFuseLinearCrossEntropy
+    : Pass<"loom-fuse-linear-cross-entropy", "mlir::ModuleOp"> {
+  let summary = "Fuse the LM head product with the cross-entropy loss "
+                "(and its gradient), chunked so that full logits never exist";
+  let description = [{
+    (Being written: see passes/FuseLinearCrossEntropy.cpp.)
+  }];
+  let options = [
+    Option<"blockBytes", "block-bytes", "int64_t", /*default=*/"16777216",
+           "most bytes of logits one block of rows may hold">,
+  ];
+}
+
+def LoomRecompute : Pass<"loom-recompute", "mlir::ModuleOp"> {
+  let summary = "Recompute decoder layers' activations in the backward "
+                "instead of keeping them (activation checkpointing)";
+  let description = [{
+    (Being written: see passes/Recompute.cpp.)
+  }];
+  let options = [
+    Option<"layers", "layers", "int64_t", /*default=*/"0",
+           "how many decoder layers (from layer 0) to recompute; -1: all">,
+  ];
+}
+
+def LoomPlanArena : Pass<"loom-plan-arena", "mlir::ModuleOp"> {
+  let summary = "Place every step buffer at a static offset of one arena";
+  let description = [{
+    (Being written: see passes/PlanArena.cpp.)
+  }];
+  let options = [
+    Option<"alignment", "alignment", "int64_t", /*default=*/"64",
+           "byte alignment of every buffer's offset">,
+  ];
+  let dependentDialects = ["::mlir::memref::MemRefDialect",
+                           "::mlir::arith::ArithDialect"];
+}
+
 #endif // BITLOOM_PASSES
