@@ -154,32 +154,25 @@ def LoomLowerToLinalg : Pass<"loom-lower-to-linalg", "mlir::ModuleOp"> {
                            "::mlir::func::FuncDialect"];
 }
 
-def LoomDeallocateAfterLastUse
-    : Pass<"loom-deallocate-after-last-use", "mlir::ModuleOp"> {
-  let summary = "Free each step buffer right after its last use";
-  let description = [{
-    Runs on bufferized, straight-line entry points (after one-shot
-    bufferization and results-to-out-params). Upstream's ownership-based
-    deallocation frees buffers at the end of their block, which for a
-    training step — one block — keeps every activation of every layer alive
-    until the step returns. This pass instead inserts `memref.dealloc`
-    after the last top-level op that uses the buffer or anything derived
-    from it (views, extracted pointers passed to micro-kernels, values
-    loaded from it), so the live set follows the schedule. Buffers that
-    reach a `func.return` are left alone; allocations inside a nested
-    region and functions with more than one block are rejected. Each
-    function gets `loom.peak_buffer_bytes`: the most bytes its buffers hold
-    at once under this placement (the step's transient memory plan).
-  }];
-  let dependentDialects = ["::mlir::memref::MemRefDialect"];
-}
-
 def LoomFuseLinearCrossEntropy
     : Pass<"loom-fuse-linear-cross-entropy", "mlir::ModuleOp"> {
   let summary = "Fuse the LM head product with the cross-entropy loss "
                 "(and its gradient), chunked so that full logits never exist";
   let description = [{
-    (Being written: see passes/FuseLinearCrossEntropy.cpp.)
+    Rewrites `loom.matmul %x, %w` → `loom.cross_entropy` (→
+    `loom.cross_entropy_grad` → `loom.matmul_grad_input` with the same
+    weight, in training functions) into one `loom.linear_cross_entropy`,
+    in every function. Its lowering computes the [rows, vocab] logits
+    `block_rows` rows at a time, so neither the full logits nor their
+    gradient (1 GiB each for a 128256-token vocabulary at 2048 tokens) is
+    ever materialized. Patterns are left alone when the logits or their
+    gradient have any other use (returned logits, a weight gradient of a
+    trainable head), or when the vocabulary is dynamic.
+
+    `block_rows` is the largest multiple of 8 (at least 8) whose f32 block
+    fits in `block-bytes`, capped at batch · tokens when those are static.
+    The fused op needs the micro-kernels: run this pass only before
+    `-loom-lower-to-linalg{ukernels=true}`.
   }];
   let options = [
     Option<"blockBytes", "block-bytes", "int64_t", /*default=*/"16777216",
@@ -191,18 +184,62 @@ def LoomRecompute : Pass<"loom-recompute", "mlir::ModuleOp"> {
   let summary = "Recompute decoder layers' activations in the backward "
                 "instead of keeping them (activation checkpointing)";
   let description = [{
-    (Being written: see passes/Recompute.cpp.)
+    Activation checkpointing on the training steps -loom-autodiff builds
+    (any function whose "loss" result is followed by a backward:
+    @train_step, @accumulate_step; others are left alone). A step is one
+    block, the forward clone then the adjoints, so every forward value an
+    adjoint reads lives from the forward to the backward.
+
+    For each chosen decoder layer L, the segment is the forward ops whose
+    location names `model.layers.L.*` (the NameLocs import gives, also
+    inside fused or call-site locations). The layer's output, the value
+    forward ops outside the segment read (its last residual add), is the
+    checkpoint and stays. Every other segment value the backward reads is
+    recomputed: its op, and the in-segment ops it is computed from, are
+    cloned with the same operands and attributes (bit-identical results)
+    right before the first backward op that reads any of them, and only
+    backward uses are redirected to the clones. The originals then die at
+    their last forward use. Parameters are not cloned; neither are ops with
+    side effects or regions, whose results stay alive instead.
+
+    Layers are chosen from layer 0: `layers=N` takes layers 0..N-1, `-1`
+    all, `0` changes nothing. Each function changed gets
+    `loom.recomputed_layers = N : i64`.
   }];
   let options = [
     Option<"layers", "layers", "int64_t", /*default=*/"0",
            "how many decoder layers (from layer 0) to recompute; -1: all">,
+  ];
+  let statistics = [
+    Statistic<"numLayers", "recomputed-layers",
+              "layer segments recomputed (over all functions)">,
+    Statistic<"numClonedOps", "cloned-ops", "forward ops cloned into the "
+              "backward">,
+    Statistic<"numRecomputedValues", "recomputed-values",
+              "forward values whose backward uses now read a clone">,
   ];
 }
 
 def LoomPlanArena : Pass<"loom-plan-arena", "mlir::ModuleOp"> {
   let summary = "Place every step buffer at a static offset of one arena";
   let description = [{
-    (Being written: see passes/PlanArena.cpp.)
+    Runs on bufferized, straight-line functions (after one-shot
+    bufferization and results-to-out-params): the function's top-level ops
+    are its schedule. Each `memref.alloc` is live from the first to the
+    last top-level op that touches it or anything derived from it (views,
+    casts, extracted pointers passed to micro-kernels, loaded values; a use
+    inside a region counts at its top-level ancestor). Buffers are placed
+    largest first at the lowest aligned offset that no buffer live at the
+    same time covers, then every alloc becomes a `memref.view` into a new
+    trailing `memref<N x i8>` argument, the arena, which the caller
+    allocates once. Nothing is allocated at run time.
+
+    The function gets `loom.arena_bytes` (N), `loom.schedule_length` (its
+    number of top-level ops) and `loom.memory_plan`: per buffer its offset,
+    size, first and last schedule position and owner (the model module of
+    the op that first touches it and that op's name or micro-kernel).
+    Allocations inside nested regions, dynamically shaped buffers and
+    buffers that reach a `func.return` are rejected.
   }];
   let options = [
     Option<"alignment", "alignment", "int64_t", /*default=*/"64",

@@ -91,6 +91,7 @@ CompiledCpuModule compileForCpu(ModuleOp source,
     lowering.ukernels = true;
     for (std::string &name : frozenAmong(*module, bf16Weights))
       lowering.bf16Params.push_back(std::move(name));
+    pm.addPass(createLoomFuseLinearCrossEntropy());
     pm.addPass(createLoomLowerToLinalg(lowering));
     if (failed(pm.run(*module)))
       throw FormatError("", "compile", "lowering to linalg failed");
@@ -129,13 +130,28 @@ CompiledCpuModule compileForCpu(ModuleOp source,
   buildCpuLoweringPipeline(pm, /*barePointers=*/true, /*ukernels=*/true);
   if (failed(pm.run(*module)))
     throw FormatError("", "compile", "lowering to the LLVM dialect failed");
-  for (FunctionSignature &sig : compiled.functions)
-    if (auto func = module->lookupSymbol<LLVM::LLVMFuncOp>(sig.name))
-      if (auto peak =
-              func->getAttrOfType<IntegerAttr>("loom.peak_buffer_bytes")) {
-        sig.peakBufferBytes = peak.getInt();
-        func->removeAttr("loom.peak_buffer_bytes");
+  for (FunctionSignature &sig : compiled.functions) {
+    auto func = module->lookupSymbol<LLVM::LLVMFuncOp>(sig.name);
+    auto arena =
+        func ? func->getAttrOfType<IntegerAttr>("loom.arena_bytes") : nullptr;
+    if (!arena)
+      throw FormatError("", sig.name, "the step has no memory plan");
+    sig.arenaBytes = arena.getInt();
+    if (auto steps = func->getAttrOfType<IntegerAttr>("loom.schedule_length"))
+      sig.scheduleLength = steps.getInt();
+    if (auto plan = func->getAttrOfType<ArrayAttr>("loom.memory_plan"))
+      for (auto entry : plan.getAsRange<DictionaryAttr>()) {
+        auto num = [&](StringRef key) {
+          return cast<IntegerAttr>(entry.get(key)).getInt();
+        };
+        sig.buffers.push_back({num("offset"), num("size"), num("first"),
+                               num("last"),
+                               cast<StringAttr>(entry.get("owner")).str()});
       }
+    for (StringRef attr :
+         {"loom.arena_bytes", "loom.schedule_length", "loom.memory_plan"})
+      func->removeAttr(attr);
+  }
   native::addPackedEntryPoints(*module);
   compiled.sharedObject = native::emitSharedObject(
       *module, target, withAssembly ? &compiled.assembly : nullptr,

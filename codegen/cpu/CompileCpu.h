@@ -36,15 +36,24 @@ struct TensorSignature {
   int64_t byteSize() const;
 };
 
-/// Bindings of `<name>_packed(void **)`: args in order, then one output
-/// buffer per result, in order.
+/// A transient buffer of an entry point, placed in its arena by
+/// -loom-plan-arena: live over the inclusive range [first, last] of
+/// top-level ops of the compiled step (its schedule).
+struct PlannedBuffer {
+  int64_t offset = 0, size = 0;
+  int64_t first = 0, last = 0;
+  std::string owner; // "<model module> (<op or micro-kernel>)"
+};
+
+/// Bindings of `<name>_packed(void **)`: args in order, one output buffer
+/// per result, in order, then the arena (`arenaBytes`, 64-byte aligned,
+/// contents dead between calls).
 struct FunctionSignature {
   std::string name;
   std::vector<TensorSignature> args, results;
-  /// The most bytes of transient buffers the compiled code holds at once
-  /// (its buffers are freed after their last use: see
-  /// -loom-deallocate-after-last-use).
-  int64_t peakBufferBytes = 0;
+  int64_t arenaBytes = 0;
+  int64_t scheduleLength = 0;
+  std::vector<PlannedBuffer> buffers;
 };
 
 struct CompiledCpuModule {

@@ -47,9 +47,9 @@ void buildCpuLoweringPipeline(OpPassManager &pm, bool barePointers,
   outParams.hoistStaticAllocs = true;
   outParams.modifyPublicFunctions = true;
   pm.addPass(bufferization::createBufferResultsToOutParamsPass(outParams));
-  // Free every buffer after its last use (upstream's ownership-based
-  // deallocation frees at the end of the block: the whole step).
-  pm.addPass(bitloom::createLoomDeallocateAfterLastUse());
+  // Every remaining buffer gets a static offset in one arena argument: no
+  // allocation at run time, and the peak is known now.
+  pm.addPass(bitloom::createLoomPlanArena());
 
   // Scalar loops; tiling and vectorization come later.
   pm.addNestedPass<func::FuncOp>(createConvertLinalgToLoopsPass());

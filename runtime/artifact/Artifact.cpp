@@ -236,7 +236,7 @@ std::unique_ptr<Artifact> Artifact::open(const std::string &path,
 
   a->blobOwners_ = detail::blobOwners(m);
   detail::validateManifest(m, path, h.dataOffset, h.dataSize, a->blobOwners_,
-                           /*checkAliasing=*/false);
+                           /*checkAliasing=*/true);
   for (uint32_t i = 0; i < count(m.parameters()); ++i)
     a->parameterIndex_.emplace(m.parameters()->Get(i)->name()->str(), i);
 

@@ -298,8 +298,9 @@ ArtifactBuilder::Impl::buildManifest(const std::vector<fb::Blob> &blobs) const {
           d.constants.empty() ? 0 : b.CreateVector(d.constants),
           b.CreateString(d.op)));
     }
-    entryOffs.push_back(fb::CreateEntryPoint(b, name, args, results,
-                                             b.CreateVector(dispatches)));
+    entryOffs.push_back(fb::CreateEntryPoint(
+        b, name, args, results, b.CreateVector(dispatches), e.arenaBytes,
+        e.scheduleLength));
   }
 
   std::vector<flatbuffers::Offset<fb::Executable>> execOffs;
@@ -332,7 +333,8 @@ ArtifactBuilder::Impl::buildManifest(const std::vector<fb::Blob> &blobs) const {
     for (const SlotInfo &s : plan->slots)
       slots.push_back(fb::CreateSlot(b, b.CreateString(s.name), s.offset,
                                      s.size, s.entryPoint, s.lifetimeBegin,
-                                     s.lifetimeEnd, b.CreateString(s.op)));
+                                     s.lifetimeEnd, b.CreateString(s.op),
+                                     s.scheduleBegin, s.scheduleEnd));
     planOff = fb::CreateMemoryPlan(b, plan->arenaSize, plan->alignment,
                                    b.CreateVector(slots));
   }

@@ -167,6 +167,8 @@ struct EntryPointInfo {
   std::vector<TensorSignature> arguments;
   std::vector<TensorSignature> results;
   std::vector<DispatchInfo> dispatches; // in execution order
+  uint64_t arenaBytes = 0;     // the part of the arena it uses
+  uint32_t scheduleLength = 0; // positions of SlotInfo::schedule*
 };
 
 /// A transient buffer in the arena, live over dispatches
@@ -179,6 +181,10 @@ struct SlotInfo {
   uint32_t lifetimeBegin = 0;
   uint32_t lifetimeEnd = 0;
   std::string op; // the op that defines it
+  /// Positions in the dispatch's own compiled schedule (CPU entry points);
+  /// the defaults mean the whole dispatch.
+  uint32_t scheduleBegin = 0;
+  uint32_t scheduleEnd = UINT32_MAX;
 };
 
 struct MemoryPlanInfo {

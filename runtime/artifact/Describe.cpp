@@ -89,7 +89,7 @@ void kernelsAndBindings(const Artifact &a, const fb::EntryPoint &e,
   std::set<std::pair<uint32_t, uint32_t>> kernels;
   std::set<std::tuple<int, uint32_t, uint64_t>> bound; // source, index, offset
   std::set<uint32_t> parameters, slots;
-  uint64_t bytes[4] = {0, 0, 0, 0};
+  uint64_t bytes[5] = {0, 0, 0, 0, 0};
   for (uint32_t d = 0; d < count(e.dispatches()); ++d) {
     const fb::Dispatch *dp = e.dispatches()->Get(d);
     if (kernels.insert({dp->executable(), dp->kernel()}).second) {
@@ -115,7 +115,8 @@ void kernelsAndBindings(const Artifact &a, const fb::EntryPoint &e,
         parameters.insert(bd->index());
       if (bd->source() == fb::BindingSource::ArenaSlot)
         slots.insert(bd->index());
-      bytes[size_t(bd->source()) & 3] += bd->size();
+      if (size_t(bd->source()) < 5)
+        bytes[size_t(bd->source())] += bd->size();
     }
   }
   if (!count(e.dispatches()))
@@ -126,7 +127,11 @@ void kernelsAndBindings(const Artifact &a, const fb::EntryPoint &e,
      << formatBytes(bytes[size_t(fb::BindingSource::Argument)]) << ", results "
      << formatBytes(bytes[size_t(fb::BindingSource::Result)]) << ", "
      << slots.size() << " arena slots ("
-     << formatBytes(bytes[size_t(fb::BindingSource::ArenaSlot)]) << ")\n";
+     << formatBytes(bytes[size_t(fb::BindingSource::ArenaSlot)]) << ")";
+  if (bytes[size_t(fb::BindingSource::Arena)])
+    os << ", its arena ("
+       << formatBytes(bytes[size_t(fb::BindingSource::Arena)]) << ")";
+  os << "\n";
 }
 
 } // namespace
@@ -231,13 +236,20 @@ void describeArtifact(const Artifact &a, std::ostream &os,
   if (const fb::MemoryPlan *plan = a.memoryPlan()) {
     os << "memory plan: arena " << formatBytes(plan->arena_size()) << " ("
        << plan->arena_size() << " bytes), alignment " << plan->alignment()
-       << ", " << count(plan->slots()) << " slots\n";
+       << ", " << count(plan->slots()) << " slots"
+       << (options.slots || !count(plan->slots())
+               ? ""
+               : " (bitloom inspect --memory lists the largest)")
+       << "\n";
     for (uint32_t i = 0; options.slots && i < count(plan->slots()); ++i) {
       const fb::Slot *s = plan->slots()->Get(i);
       os << "  slot " << i << " " << str(s->name()) << ": [" << s->offset()
          << ", " << s->offset() + s->size() << ") " << formatBytes(s->size())
          << ", " << a.entryPoint(s->entry_point()).name()->str()
          << " dispatches " << s->lifetime_begin() << ".." << s->lifetime_end();
+      if (s->schedule_begin() != 0 || s->schedule_end() != UINT32_MAX)
+        os << " (schedule " << s->schedule_begin() << ".." << s->schedule_end()
+           << ")";
       if (s->op() && s->op()->size())
         os << ", defined by " << s->op()->str();
       os << "\n";
@@ -274,6 +286,9 @@ void describeArtifact(const Artifact &a, std::ostream &os,
           break;
         case fb::BindingSource::Result:
           os << "result " << e.results()->Get(b->index())->name()->str();
+          break;
+        case fb::BindingSource::Arena:
+          os << "the arena";
           break;
         }
         os << " [+" << b->offset() << ", " << b->size() << " bytes] "

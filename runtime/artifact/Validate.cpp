@@ -204,6 +204,15 @@ struct Checker {
             limit = s->size();
             break;
           }
+          case fb::BindingSource::Arena:
+            if (!plan)
+              fail(bfield, "binds the arena but there is no memory plan");
+            if (b->index() != 0)
+              fail(bfield, "arena binding index " + num(b->index()) +
+                               " (must be 0)");
+            limit = std::min<uint64_t>(plan->arena_size(),
+                                       m.entry_points()->Get(e)->arena_bytes());
+            break;
           case fb::BindingSource::Parameter:
             if (b->index() >= nParams)
               fail(bfield, "parameter " + num(b->index()) + " out of range (" +
@@ -235,6 +244,18 @@ struct Checker {
     }
   }
 
+  static bool wholeDispatch(const fb::Slot *s) {
+    return s->schedule_begin() == 0 && s->schedule_end() == UINT32_MAX;
+  }
+
+  static std::string lifetimeDetail(const fb::Slot *a, const fb::Slot *b) {
+    if (wholeDispatch(a) && wholeDispatch(b))
+      return "";
+    return "; schedule positions " + num(b->schedule_begin()) + ".." +
+           num(b->schedule_end()) + " and " + num(a->schedule_begin()) +
+           ".." + num(a->schedule_end());
+  }
+
   void memoryPlan() {
     const fb::MemoryPlan *plan = m.memory_plan();
     if (!plan)
@@ -264,6 +285,20 @@ struct Checker {
         fail(field, "lifetime " + num(s->lifetime_begin()) + ".." +
                         num(s->lifetime_end()) + " is not within the " +
                         num(nDispatches) + " dispatches of its entry point");
+      if (!wholeDispatch(s)) {
+        const fb::EntryPoint *ep = m.entry_points()->Get(s->entry_point());
+        if (s->lifetime_begin() != s->lifetime_end() ||
+            s->schedule_begin() > s->schedule_end() ||
+            s->schedule_end() >= ep->schedule_length())
+          fail(field, "schedule positions " + num(s->schedule_begin()) +
+                          ".." + num(s->schedule_end()) +
+                          " are not within one dispatch's schedule of " +
+                          num(ep->schedule_length()) + " positions");
+        if (!rangeInside(s->offset(), s->size(), ep->arena_bytes()))
+          fail(field, "offset " + num(s->offset()) + " + " + num(s->size()) +
+                          " bytes lies outside its entry point's arena (" +
+                          num(ep->arena_bytes()) + " bytes)");
+      }
     }
   }
 
@@ -294,14 +329,23 @@ struct Checker {
                          b->lifetime_begin() <= a->lifetime_end();
         bool handOver = a->lifetime_end() == b->lifetime_begin() ||
                         b->lifetime_end() == a->lifetime_begin();
-        if (intersect && !handOver)
+        bool conflict = intersect && !handOver;
+        // Two buffers of one dispatch only: their positions in its schedule
+        // decide, with no hand-over (an op may read one while writing the
+        // other).
+        if (a->lifetime_begin() == a->lifetime_end() &&
+            b->lifetime_begin() == b->lifetime_end() &&
+            a->lifetime_begin() == b->lifetime_begin())
+          conflict = a->schedule_begin() <= b->schedule_end() &&
+                     b->schedule_begin() <= a->schedule_end();
+        if (conflict)
           fail("memory plan, slot " + num(order[j]) + " (" + str(b->name()) +
                    ")",
                "shares arena bytes with slot " + num(order[i]) + " (" +
                    str(a->name()) + ") while both are live (dispatches " +
                    num(b->lifetime_begin()) + ".." + num(b->lifetime_end()) +
                    " and " + num(a->lifetime_begin()) + ".." +
-                   num(a->lifetime_end()) + ")");
+                   num(a->lifetime_end()) + lifetimeDetail(a, b) + ")");
       }
     }
   }

@@ -11,7 +11,6 @@
 #include <cstring>
 #include <filesystem>
 #ifdef __GLIBC__
-#include <malloc.h>
 #endif
 #include <random>
 
@@ -180,15 +179,6 @@ int64_t Entry::tokensPerCall() const {
 //===----------------------------------------------------------------------===//
 
 Session::Session(const std::string &path) : path_(path) {
-#ifdef __GLIBC__
-  // The compiled step mallocs and frees the same transient buffers every
-  // step (up to the plan's peak). Keep freed blocks in the heap for reuse
-  // instead of returning them to the kernel, which costs a page fault and a
-  // page clear per touched page per step (~10% of a small-preset step);
-  // the peak RSS is the same.
-  mallopt(M_MMAP_THRESHOLD, 256 << 20);
-  mallopt(M_TRIM_THRESHOLD, 512 << 20);
-#endif
   artifact_ = blm::Artifact::open(path);
   blm::CompileOptions shape = artifact_->compileOptions();
   seqLen_ = int64_t(shape.seqLen);
@@ -454,6 +444,9 @@ void Session::run(Entry &e) {
       case blm::BindingSource::ArenaSlot:
         base = arena() +
                artifact_->memoryPlan()->slots()->Get(b->index())->offset();
+        break;
+      case blm::BindingSource::Arena:
+        base = arena();
         break;
       default:
         throw FormatError(path_, e.name_, "unknown binding source");

@@ -286,22 +286,34 @@ static int compileCpuArtifact(CompileArgs &args, const Model &model,
            uint64_t(r.numElements()) * 4, blm::Access::Write});
       entry.results.push_back(sig(r, blm::Role::Output));
     }
+    // The code places its own buffers at the planned offsets (see
+    // -loom-plan-arena): it takes the arena's base.
+    dispatch.bindings.push_back({blm::BindingSource::Arena, 0, 0,
+                                 uint64_t(f.arenaBytes),
+                                 blm::Access::ReadWrite});
+    entry.arenaBytes = uint64_t(f.arenaBytes);
+    entry.scheduleLength = uint32_t(f.scheduleLength);
     entry.dispatches.push_back(std::move(dispatch));
     builder.addEntryPoint(std::move(entry));
   }
-  // The memory plan, still naive: each entry point's transient buffers as
-  // one slot (the compiled code allocates them itself, freeing each after
-  // its last use); entry points never run at once, so they share offset 0.
+  // The memory plan: every transient buffer of every entry point at its
+  // offset, live over positions of its entry point's schedule. Entry points
+  // never run at once, so they share the arena from offset 0.
   blm::MemoryPlanInfo plan;
   for (size_t e = 0; e < entries.size(); ++e) {
     const codegen::cpu::FunctionSignature &f = compiled.functions[e];
-    blm::SlotInfo slot;
-    slot.name = f.name + " transient buffers (allocated by the kernels)";
-    slot.size = uint64_t(f.peakBufferBytes);
-    slot.entryPoint = uint32_t(e);
-    slot.op = "@" + f.name;
-    plan.arenaSize = std::max(plan.arenaSize, slot.size);
-    plan.slots.push_back(std::move(slot));
+    plan.arenaSize = std::max(plan.arenaSize, uint64_t(f.arenaBytes));
+    for (const codegen::cpu::PlannedBuffer &b : f.buffers) {
+      blm::SlotInfo slot;
+      slot.name = f.name + "#" + std::to_string(b.first);
+      slot.offset = uint64_t(b.offset);
+      slot.size = uint64_t(b.size);
+      slot.entryPoint = uint32_t(e);
+      slot.op = b.owner;
+      slot.scheduleBegin = uint32_t(b.first);
+      slot.scheduleEnd = uint32_t(b.last);
+      plan.slots.push_back(std::move(slot));
+    }
   }
   builder.setMemoryPlan(std::move(plan));
   builder.write(args.output);

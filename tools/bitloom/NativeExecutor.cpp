@@ -55,6 +55,9 @@ NativeExecutor::run(const std::string &function,
   }
   for (HostTensor *out : outputs)
     bindings.push_back(out->data.data());
+  if (arena_.size() * 8 < size_t(sig->arenaBytes))
+    arena_.resize((size_t(sig->arenaBytes) + 63) / 64 * 8);
+  bindings.push_back(arena_.data());
   library_->lookup(function + "_packed")(bindings.data());
   return results;
 }

@@ -41,6 +41,8 @@ private:
   std::unique_ptr<hal::cpu::NativeLibrary> library_;
   CpuWeightSource weightSource_;
   std::map<std::string, std::vector<uint8_t>> weights_;
+  /// The planned arena, shared by the entry points (64-byte words).
+  std::vector<uint64_t> arena_;
 };
 
 } // namespace bitloom

@@ -9,6 +9,7 @@
 
 #include "artifact/Artifact.h"
 #include "artifact/Describe.h"
+#include "artifact/MemoryReport.h"
 #include "codegen/native/NativeEmitter.h"
 #include "dialects/loom/LoomDialect.h"
 #include "formats/Error.h"
@@ -371,9 +372,26 @@ void dumpKernels(const blm::Artifact &artifact, ArtifactIR &ir,
 }
 
 int runInspect(const std::string &path, bool stats,
-               const std::string &dumpDir) {
+               const std::string &dumpDir, bool memory,
+               const std::string &svgPath) {
   if (std::filesystem::path(path).extension() == ".blm") {
     std::unique_ptr<blm::Artifact> artifact = blm::Artifact::open(path);
+    if (memory || !svgPath.empty()) {
+      blm::MemoryReport report = blm::memoryReport(*artifact);
+      if (memory)
+        blm::printMemoryReport(*artifact, report, std::cout);
+      if (!svgPath.empty()) {
+        std::string tmp = svgPath + ".tmp";
+        {
+          std::ofstream out(tmp, std::ios::binary);
+          out << blm::memorySvg(*artifact, report);
+          if (!out.flush())
+            throw FormatError(svgPath, "--svg", "cannot write the file");
+        }
+        std::filesystem::rename(tmp, svgPath);
+      }
+      return 0;
+    }
     if (stats)
       artifact->verify(/*full=*/true); // every weight's checksum
     std::unique_ptr<ArtifactIR> ir;
@@ -402,6 +420,8 @@ int runInspect(const std::string &path, bool stats,
                           "the directory is not writable");
     }
     blm::DescribeOptions options;
+    // A step has hundreds of buffers: --memory lists those that matter.
+    options.slots = false;
     if (ir)
       for (const KernelCode &code : ir->kernels)
         options.kernelNotes[code.kernel] =
@@ -418,6 +438,9 @@ int runInspect(const std::string &path, bool stats,
   if (!dumpDir.empty())
     throw FormatError(path, "--dump-kernels",
                       "only a compiled .blm artifact has kernels");
+  if (memory || !svgPath.empty())
+    throw FormatError(path, memory ? "--memory" : "--svg",
+                      "only a compiled .blm artifact has a memory plan");
   std::unique_ptr<Model> model = Model::open(path);
   std::printf("format: %s\n",
               model->format() == ModelFormat::Gguf ? "gguf" : "huggingface");
@@ -546,6 +569,15 @@ int main(int argc, char **argv) {
   inspect->add_option("--dump-kernels", inspectDumpKernels,
                       ".blm: write each kernel's LLVM IR and assembly to "
                       "DIR/<entry>.ll, DIR/<entry>.s and DIR/index.txt");
+  bool inspectMemory = false;
+  std::string inspectSvg;
+  inspect->add_flag("--memory", inspectMemory,
+                    ".blm: the memory a training run holds (first line: "
+                    "`peak total: N bytes`), per entry point the arena and "
+                    "the largest buffers live at its peak");
+  inspect->add_option("--svg", inspectSvg,
+                      ".blm: draw live memory over each entry point's "
+                      "schedule to FILE (SVG)");
 
   std::string tokModel, tokText, tokFile;
   bool tokNoSpecial = false;
@@ -577,7 +609,8 @@ int main(int argc, char **argv) {
     if (*imp)
       return runImport(importArgs);
     if (*inspect)
-      return runInspect(inspectPath, inspectStats, inspectDumpKernels);
+      return runInspect(inspectPath, inspectStats, inspectDumpKernels,
+                        inspectMemory, inspectSvg);
     if (*stepArgs.command)
       return runStep(stepArgs);
     if (*trainArgs.command)

@@ -205,6 +205,7 @@ protected:
       packedArgs.add(outputs.count(r.name) ? outputs[r.name].data()
                                            : state[r.name].data.data(),
                      r.shape);
+    packedArgs.addArena(*module, "generate_step");
 
     std::vector<int32_t> jitTokens, refTokens;
     int32_t jitNext = 0, refNext = 0;

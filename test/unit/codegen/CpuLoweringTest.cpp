@@ -233,6 +233,7 @@ protected:
       }
       for (size_t i = 0; i < sig.results.size(); ++i)
         packedArgs.add(outputs[i].data(), sig.results[i].shape);
+      packedArgs.addArena(*module, name);
       llvm::Error error = (*engine)->invokePacked(name, packedArgs.pointers());
       ASSERT_FALSE(bool(error)) << llvm::toString(std::move(error));
 

@@ -7,6 +7,8 @@
 #ifndef BITLOOM_TEST_UNIT_CODEGEN_JITARGS_H
 #define BITLOOM_TEST_UNIT_CODEGEN_JITARGS_H
 
+#include "mlir/Dialect/LLVMIR/LLVMDialect.h"
+#include "mlir/IR/BuiltinOps.h"
 #include "llvm/ADT/SmallVector.h"
 
 #include <cstdint>
@@ -36,10 +38,21 @@ public:
       pointers_.push_back(&w);
     storage_.push_back(std::move(words));
   }
+  /// The trailing arena argument -loom-plan-arena gave `function` (read
+  /// from the lowered module), freshly allocated and 64-byte aligned.
+  void addArena(mlir::ModuleOp lowered, llvm::StringRef function) {
+    auto func = lowered.lookupSymbol<mlir::LLVM::LLVMFuncOp>(function);
+    auto bytes =
+        func ? func->getAttrOfType<mlir::IntegerAttr>("loom.arena_bytes")
+             : nullptr;
+    int64_t n = bytes ? bytes.getInt() : 0;
+    arenas_.push_back(std::make_unique<std::vector<int64_t>>(n / 8 + 8));
+    add(arenas_.back()->data(), {n});
+  }
   llvm::SmallVector<void *> &pointers() { return pointers_; }
 
 private:
-  std::vector<std::unique_ptr<std::vector<int64_t>>> storage_;
+  std::vector<std::unique_ptr<std::vector<int64_t>>> storage_, arenas_;
   llvm::SmallVector<void *> pointers_;
 };
 
