@@ -28,6 +28,7 @@ struct StepArgs {
   LoRAOptions lora{/*rank=*/8, /*alpha=*/8.0, /*dropout=*/0.0, {}};
   std::string targets = "all";
   int64_t steps = 1, gradAccum = 1;
+  int64_t recomputeLayers = 0; // -loom-recompute's layers
   double lr = 1e-3;
   double weightDecay = -1.0; // < 0: the optimizer's default
   OptimizerOptions optimizer;

@@ -39,6 +39,10 @@ void addStepCommand(CLI::App &app, StepArgs &args) {
   cmd->add_option("--grad-accum", args.gradAccum,
                   "split the batch into K micro-batches; one update")
       ->capture_default_str();
+  cmd->add_option("--recompute-layers", args.recomputeLayers,
+                  "recompute the activations of the first N decoder layers "
+                  "in the backward instead of keeping them (-1: all)")
+      ->capture_default_str();
   addOptimizerOptions(cmd, args.optimizer, args.weightDecay,
                       /*showDecayDefault=*/false,
                       "weight decay (default: 0.01 for adamw, 0 for sgd)");
@@ -93,6 +97,9 @@ int runStep(StepArgs &args) {
   requireExecutableTarget(args.target);
   if (args.steps < 1)
     throw FormatError("", "--steps", "must be at least 1");
+  if (args.recomputeLayers < -1)
+    throw FormatError("", "--recompute-layers",
+                      "must be -1 (all) or at least 0");
   std::unique_ptr<Model> model = Model::open(args.model);
   std::vector<std::vector<int32_t>> ids = readIntRows(args.tokens);
   std::vector<std::vector<int32_t>> mask;
@@ -145,6 +152,7 @@ int runStep(StepArgs &args) {
                            int64_t(ids.front().size())};
     if (args.gradAccum > 1)
       target.entries = {"accumulate_step", "apply_step"};
+    target.recomputeLayers = args.recomputeLayers;
     sessionPtr = std::make_unique<TrainingSession>(*model, lora, optimizer,
                                                    initial, args.seed, target);
   } catch (const FormatError &e) {

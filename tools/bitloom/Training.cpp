@@ -162,6 +162,11 @@ TrainingSession::TrainingSession(
   autodiff.momentum = optimizer.momentum;
   autodiff.maxGradNorm = optimizer.maxGradNorm;
   pm.addPass(createLoomAutodiff(autodiff));
+  if (target.recomputeLayers != 0) {
+    LoomRecomputeOptions recompute;
+    recompute.layers = target.recomputeLayers;
+    pm.addPass(createLoomRecompute(recompute));
+  }
   if (target.name != "reference") {
     // Native code is compiled for one batch shape.
     LoomSpecializeShapesOptions shapes;

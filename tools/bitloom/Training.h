@@ -71,6 +71,9 @@ struct ExecutionTarget {
   int64_t batch = 0, seqLen = 0; // native targets only
   /// Native targets compile only the entry points the command runs.
   std::vector<std::string> entries = {"train_step"};
+  /// Decoder layers whose activations the backward recomputes
+  /// (-loom-recompute; -1: all, 0: none).
+  int64_t recomputeLayers = 0;
 };
 
 /// Builds train_step/eval_step for a model and runs them.
