@@ -66,11 +66,37 @@ frozenAmong(ModuleOp module, const std::vector<std::string> &names) {
   return {found.begin(), found.end()};
 }
 
-CompiledCpuModule compileForCpu(ModuleOp source,
-                                const native::NativeTarget &target,
-                                const std::vector<std::string> &entries,
-                                bool withAssembly, bool withBitcode,
-                                const std::vector<std::string> &bf16Weights) {
+namespace {
+
+/// Reads (and removes) what -loom-plan-arena recorded on `func`.
+void takeMemoryPlan(Operation *func, FunctionSignature &sig) {
+  auto arena =
+      func ? func->getAttrOfType<IntegerAttr>("loom.arena_bytes") : nullptr;
+  if (!arena)
+    throw FormatError("", sig.name, "the step has no memory plan");
+  sig.arenaBytes = arena.getInt();
+  if (auto steps = func->getAttrOfType<IntegerAttr>("loom.schedule_length"))
+    sig.scheduleLength = steps.getInt();
+  if (auto plan = func->getAttrOfType<ArrayAttr>("loom.memory_plan"))
+    for (auto entry : plan.getAsRange<DictionaryAttr>()) {
+      auto num = [&](StringRef key) {
+        return cast<IntegerAttr>(entry.get(key)).getInt();
+      };
+      sig.buffers.push_back({num("offset"), num("size"), num("first"),
+                             num("last"),
+                             cast<StringAttr>(entry.get("owner")).str()});
+    }
+  for (StringRef attr :
+       {"loom.arena_bytes", "loom.schedule_length", "loom.memory_plan"})
+    func->removeAttr(attr);
+}
+
+/// The entry points of `source` lowered through -loom-plan-arena (and, with
+/// `toLLVM`, on to the LLVM dialect), with their signatures and plans.
+OwningOpRef<ModuleOp>
+lowerEntries(ModuleOp source, const std::vector<std::string> &entries,
+             const std::vector<std::string> &bf16Weights, bool toLLVM,
+             std::vector<FunctionSignature> &signatures) {
   MLIRContext *context = source.getContext();
   DialectRegistry registry;
   registerCpuLoweringDependencies(registry);
@@ -96,7 +122,6 @@ CompiledCpuModule compileForCpu(ModuleOp source,
     if (failed(pm.run(*module)))
       throw FormatError("", "compile", "lowering to linalg failed");
   }
-  CompiledCpuModule compiled;
   for (const std::string &entry : entries) {
     auto func = module->lookupSymbol<func::FuncOp>(entry);
     if (!func)
@@ -114,7 +139,7 @@ CompiledCpuModule compileForCpu(ModuleOp source,
           signatureOf(func.getResultTypes()[i],
                       func.getResultAttrOfType<StringAttr>(i, "loom.name"),
                       false, nullptr));
-    compiled.functions.push_back(std::move(sig));
+    signatures.push_back(std::move(sig));
   }
 
   // The signatures are recorded: drop loom.* argument attributes, which the
@@ -127,31 +152,37 @@ CompiledCpuModule compileForCpu(ModuleOp source,
   }
 
   PassManager pm(context);
-  buildCpuLoweringPipeline(pm, /*barePointers=*/true, /*ukernels=*/true);
+  if (toLLVM)
+    buildCpuLoweringPipeline(pm, /*barePointers=*/true, /*ukernels=*/true);
+  else
+    buildCpuPlanningPipeline(pm, /*ukernels=*/true);
   if (failed(pm.run(*module)))
-    throw FormatError("", "compile", "lowering to the LLVM dialect failed");
-  for (FunctionSignature &sig : compiled.functions) {
-    auto func = module->lookupSymbol<LLVM::LLVMFuncOp>(sig.name);
-    auto arena =
-        func ? func->getAttrOfType<IntegerAttr>("loom.arena_bytes") : nullptr;
-    if (!arena)
-      throw FormatError("", sig.name, "the step has no memory plan");
-    sig.arenaBytes = arena.getInt();
-    if (auto steps = func->getAttrOfType<IntegerAttr>("loom.schedule_length"))
-      sig.scheduleLength = steps.getInt();
-    if (auto plan = func->getAttrOfType<ArrayAttr>("loom.memory_plan"))
-      for (auto entry : plan.getAsRange<DictionaryAttr>()) {
-        auto num = [&](StringRef key) {
-          return cast<IntegerAttr>(entry.get(key)).getInt();
-        };
-        sig.buffers.push_back({num("offset"), num("size"), num("first"),
-                               num("last"),
-                               cast<StringAttr>(entry.get("owner")).str()});
-      }
-    for (StringRef attr :
-         {"loom.arena_bytes", "loom.schedule_length", "loom.memory_plan"})
-      func->removeAttr(attr);
-  }
+    throw FormatError("", "compile",
+                      toLLVM ? "lowering to the LLVM dialect failed"
+                             : "planning the step's memory failed");
+  for (FunctionSignature &sig : signatures)
+    takeMemoryPlan(module->lookupSymbol(sig.name), sig);
+  return module;
+}
+
+} // namespace
+
+std::vector<FunctionSignature>
+planForCpu(ModuleOp source, const std::vector<std::string> &entries,
+           const std::vector<std::string> &bf16Weights) {
+  std::vector<FunctionSignature> signatures;
+  lowerEntries(source, entries, bf16Weights, /*toLLVM=*/false, signatures);
+  return signatures;
+}
+
+CompiledCpuModule compileForCpu(ModuleOp source,
+                                const native::NativeTarget &target,
+                                const std::vector<std::string> &entries,
+                                bool withAssembly, bool withBitcode,
+                                const std::vector<std::string> &bf16Weights) {
+  CompiledCpuModule compiled;
+  OwningOpRef<ModuleOp> module = lowerEntries(
+      source, entries, bf16Weights, /*toLLVM=*/true, compiled.functions);
   native::addPackedEntryPoints(*module);
   compiled.sharedObject = native::emitSharedObject(
       *module, target, withAssembly ? &compiled.assembly : nullptr,

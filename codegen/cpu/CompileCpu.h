@@ -82,6 +82,13 @@ compileForCpu(mlir::ModuleOp module, const native::NativeTarget &target,
               bool withAssembly = false, bool withBitcode = false,
               const std::vector<std::string> &bf16Weights = {});
 
+/// What compileForCpu would plan, without generating code: each entry
+/// point's signature with its arena and buffers (for choosing what to
+/// recompute under a memory budget).
+std::vector<FunctionSignature>
+planForCpu(mlir::ModuleOp module, const std::vector<std::string> &entries,
+           const std::vector<std::string> &bf16Weights = {});
+
 } // namespace bitloom::codegen::cpu
 
 #endif // BITLOOM_CODEGEN_CPU_COMPILECPU_H

@@ -28,8 +28,7 @@ void registerCpuLoweringDependencies(DialectRegistry &registry) {
   registerAllToLLVMIRTranslations(registry);
 }
 
-void buildCpuLoweringPipeline(OpPassManager &pm, bool barePointers,
-                              bool ukernels) {
+void buildCpuPlanningPipeline(OpPassManager &pm, bool ukernels) {
   bitloom::LoomLowerToLinalgOptions lowering;
   lowering.ukernels = ukernels;
   pm.addPass(bitloom::createLoomLowerToLinalg(lowering));
@@ -50,6 +49,11 @@ void buildCpuLoweringPipeline(OpPassManager &pm, bool barePointers,
   // Every remaining buffer gets a static offset in one arena argument: no
   // allocation at run time, and the peak is known now.
   pm.addPass(bitloom::createLoomPlanArena());
+}
+
+void buildCpuLoweringPipeline(OpPassManager &pm, bool barePointers,
+                              bool ukernels) {
+  buildCpuPlanningPipeline(pm, ukernels);
 
   // Scalar loops; tiling and vectorization come later.
   pm.addNestedPass<func::FuncOp>(createConvertLinalgToLoopsPass());

@@ -8,8 +8,10 @@
 // layout, in order (the original arguments, then one per `loom.param` weight,
 // in first-use order, as -loom-lower-to-linalg appends them), followed by
 // one output memref per result, in order, that the caller allocates
-// (buffer-results-to-out-params). Each memref is passed as its expanded LLVM
-// descriptor (allocated pointer, aligned pointer, offset, sizes, strides).
+// (buffer-results-to-out-params), then the arena (-loom-plan-arena): a
+// `memref<N x i8>` the caller allocates, holding every transient buffer at
+// its planned offset. Each memref is passed as its expanded LLVM descriptor
+// (allocated pointer, aligned pointer, offset, sizes, strides).
 //
 //===----------------------------------------------------------------------===//
 #ifndef BITLOOM_CODEGEN_CPU_PIPELINE_H
@@ -25,8 +27,13 @@ namespace bitloom::codegen::cpu {
 void registerCpuLoweringDependencies(mlir::DialectRegistry &registry);
 
 /// -loom-lower-to-linalg, one-shot bufferization across function
-/// boundaries, caller-allocated results, deallocation after last use,
-/// linalg to loops, and the standard conversions to the LLVM dialect.
+/// boundaries, caller-allocated results and -loom-plan-arena: the module
+/// with its memory plan (function attributes loom.arena_bytes,
+/// loom.memory_plan), before any code generation.
+void buildCpuPlanningPipeline(mlir::OpPassManager &pm, bool ukernels = false);
+
+/// The planning pipeline, then linalg to loops and the standard conversions
+/// to the LLVM dialect.
 /// `barePointers`: pass each (static, identity-layout) memref as a bare
 /// pointer to its data instead of an expanded descriptor — the ABI of
 /// ahead-of-time compiled artifacts, whose runtime binds raw buffers.

@@ -29,10 +29,13 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 #include <sstream>
 
 namespace fs = std::filesystem;
@@ -65,7 +68,43 @@ void addCompileCommand(CLI::App &app, CompileArgs &args) {
       ->capture_default_str();
   cmd->add_option("--dump-phases", args.dumpPhases,
                   "write each phase's IR to DIR/<n>-<phase>.mlir");
-  cmd->add_option("-o,--output", args.output, "output file")->required();
+  cmd->add_option("--memory-budget", args.memoryBudget,
+                  "CPU targets: most bytes a training run may hold (weights, "
+                  "trainable state, step inputs/outputs and the arena), e.g. "
+                  "1.5GiB; the compiler recomputes the fewest decoder layers "
+                  "that make the plan fit (default: 8GiB for cpu-x86_64, "
+                  "4GiB for cpu-arm64)");
+  cmd->add_option("--recompute-layers", args.recomputeLayers,
+                  "CPU targets: recompute this many decoder layers in the "
+                  "backward (-1: all) instead of choosing for the budget");
+  cmd->add_flag("--plan-only", args.planOnly,
+                "CPU targets: print the memory plan's totals and stop "
+                "(no code generation, no output file)");
+  cmd->add_option("-o,--output", args.output, "output file");
+}
+
+/// "1.5GiB", "800MiB", "64KiB", "2G", "123456": bytes.
+static uint64_t parseBytes(const std::string &text, const std::string &flag) {
+  static const std::pair<const char *, double> units[] = {
+      {"GiB", 1024.0 * 1024 * 1024}, {"MiB", 1024.0 * 1024},
+      {"KiB", 1024.0},               {"G", 1024.0 * 1024 * 1024},
+      {"M", 1024.0 * 1024},          {"K", 1024.0},
+      {"B", 1.0},                    {"", 1.0}};
+  for (const auto &[suffix, scale] : units) {
+    std::string unit(suffix);
+    if (text.size() <= unit.size() ||
+        text.compare(text.size() - unit.size(), unit.size(), unit) != 0)
+      continue;
+    std::string number = text.substr(0, text.size() - unit.size());
+    char *end = nullptr;
+    double value = std::strtod(number.c_str(), &end);
+    if (end && *end == '\0' && value > 0 && std::isfinite(value))
+      return uint64_t(value * scale);
+    break;
+  }
+  throw FormatError("", flag,
+                    "'" + text + "' is not a size (e.g. 1.5GiB, 800MiB or "
+                    "a number of bytes)");
 }
 
 static std::string printModule(mlir::ModuleOp module) {
@@ -95,6 +134,141 @@ static blm::Role roleOf(const std::string &name) {
       name.rfind("grad.", 0) == 0)
     return blm::Role::OptimizerState;
   return blm::Role::Parameter;
+}
+
+/// What a training run holds with a compiled step, from its signatures and
+/// plans: the same accounting as `bitloom inspect --memory`.
+struct PlannedMemory {
+  uint64_t weights = 0, state = 0, io = 0, arena = 0;
+  uint64_t total() const { return weights + state + io + arena; }
+};
+
+static PlannedMemory
+plannedMemory(const std::vector<codegen::cpu::FunctionSignature> &sigs) {
+  PlannedMemory m;
+  std::set<std::string> weights;
+  for (const codegen::cpu::FunctionSignature &f : sigs) {
+    m.arena = std::max(m.arena, uint64_t(f.arenaBytes));
+    for (const codegen::cpu::TensorSignature &a : f.args)
+      if (a.isWeight && weights.insert(a.name).second)
+        m.weights += uint64_t(a.byteSize());
+    if (f.name != "train_step")
+      continue;
+    std::set<std::string> args;
+    for (const codegen::cpu::TensorSignature &a : f.args) {
+      if (a.isWeight)
+        continue;
+      args.insert(a.name);
+      blm::Role role = roleOf(a.name);
+      (role == blm::Role::Parameter || role == blm::Role::OptimizerState
+           ? m.state
+           : m.io) += uint64_t(a.byteSize());
+    }
+    for (const codegen::cpu::TensorSignature &r : f.results)
+      if (!args.count(r.name))
+        m.io += uint64_t(r.byteSize());
+  }
+  return m;
+}
+
+static std::string gibText(uint64_t bytes) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.3f GiB", double(bytes) / (1ull << 30));
+  return text;
+}
+
+/// The buffers live at the peak of the entry point with the largest arena,
+/// largest first: what `--plan-only` shows so a budget can be judged.
+static void
+printPeakBuffers(const std::vector<codegen::cpu::FunctionSignature> &sigs) {
+  const codegen::cpu::FunctionSignature *top = nullptr;
+  for (const codegen::cpu::FunctionSignature &f : sigs)
+    if (!top || f.arenaBytes > top->arenaBytes)
+      top = &f;
+  if (!top || top->buffers.empty())
+    return;
+  std::vector<int64_t> live(size_t(top->scheduleLength) + 1, 0);
+  for (const codegen::cpu::PlannedBuffer &b : top->buffers)
+    for (int64_t p = b.first; p <= b.last && p < int64_t(live.size()); ++p)
+      live[size_t(p)] += b.size;
+  int64_t peak = int64_t(std::max_element(live.begin(), live.end()) -
+                         live.begin());
+  std::vector<const codegen::cpu::PlannedBuffer *> atPeak;
+  for (const codegen::cpu::PlannedBuffer &b : top->buffers)
+    if (b.first <= peak && peak <= b.last)
+      atPeak.push_back(&b);
+  std::stable_sort(atPeak.begin(), atPeak.end(),
+                   [](auto *x, auto *y) { return x->size > y->size; });
+  std::printf("@%s: arena %lld bytes, peak live %lld bytes at schedule "
+              "position %lld of %lld; largest live buffers there:\n",
+              top->name.c_str(), (long long)top->arenaBytes,
+              (long long)live[size_t(peak)], (long long)peak,
+              (long long)top->scheduleLength);
+  for (size_t i = 0; i < atPeak.size() && i < 10; ++i)
+    std::printf("  %12lld bytes  live %lld..%lld  %s\n",
+                (long long)atPeak[i]->size, (long long)atPeak[i]->first,
+                (long long)atPeak[i]->last, atPeak[i]->owner.c_str());
+}
+
+/// Runs -loom-recompute for `layers` decoder layers (0: none, -1: all).
+static void recompute(mlir::ModuleOp module, int64_t layers,
+                      const std::string &model) {
+  if (layers == 0)
+    return;
+  mlir::PassManager pm(module.getContext());
+  LoomRecomputeOptions options;
+  options.layers = layers;
+  pm.addPass(createLoomRecompute(options));
+  if (mlir::failed(pm.run(module)))
+    throw FormatError(model, "recompute", "the phase failed");
+}
+
+/// How many decoder layers to recompute: the fewest (recompute costs a
+/// second forward of each) whose plan fits `budget`; a compile error names
+/// the shortfall when even recomputing all of them does not fit.
+static int64_t chooseRecompute(mlir::ModuleOp module, int64_t numLayers,
+                               const std::vector<std::string> &entries,
+                               const std::vector<std::string> &bf16,
+                               uint64_t budget, const std::string &model,
+                               bool verbose) {
+  std::map<int64_t, PlannedMemory> tried;
+  auto plan = [&](int64_t layers) {
+    auto it = tried.find(layers);
+    if (it != tried.end())
+      return it->second;
+    mlir::OwningOpRef<mlir::ModuleOp> trial(module.clone());
+    recompute(*trial, layers, model);
+    PlannedMemory m =
+        plannedMemory(codegen::cpu::planForCpu(*trial, entries, bf16));
+    if (verbose)
+      std::printf("plan: recompute %lld of %lld layers: %s (arena %s)\n",
+                  (long long)layers, (long long)numLayers,
+                  gibText(m.total()).c_str(), gibText(m.arena).c_str());
+    return tried[layers] = m;
+  };
+  if (plan(0).total() <= budget)
+    return 0;
+  PlannedMemory all = plan(numLayers);
+  if (all.total() > budget)
+    throw FormatError(
+        model, "--memory-budget",
+        "the step needs " + std::to_string(all.total()) + " bytes (" +
+            gibText(all.total()) + ") even recomputing all " +
+            std::to_string(numLayers) + " layers: " +
+            std::to_string(all.total() - budget) + " bytes over the budget of " +
+            std::to_string(budget) + " (weights " + gibText(all.weights) +
+            ", trainable state " + gibText(all.state) + ", arena " +
+            gibText(all.arena) + ")");
+  // The peak falls as layers are recomputed: binary search the fewest.
+  int64_t lo = 1, hi = numLayers;
+  while (lo < hi) {
+    int64_t mid = (lo + hi) / 2;
+    if (plan(mid).total() <= budget)
+      hi = mid;
+    else
+      lo = mid + 1;
+  }
+  return lo;
 }
 
 /// CPU targets: train/eval/accumulate/apply compiled to one shared object,
@@ -131,12 +305,52 @@ static int compileCpuArtifact(CompileArgs &args, const Model &model,
                                       "accumulate_step", "apply_step"};
   if (module.lookupSymbol("generate_step"))
     entries.push_back("generate_step");
+
+  // Memory: recompute the fewest decoder layers that fit the budget.
+  uint64_t budget =
+      !args.memoryBudget.empty()
+          ? parseBytes(args.memoryBudget, "--memory-budget")
+          : (args.target == "cpu-arm64" ? 4ull : 8ull) << 30;
+  int64_t numLayers = model.config().numLayers;
+  std::vector<std::string> bf16 = bf16WeightNames(model);
+  if (args.recomputeLayers < -2)
+    throw FormatError("", "--recompute-layers",
+                      "must be a number of layers, or -1 for all");
+  int64_t layers =
+      args.recomputeLayers == -2
+          ? chooseRecompute(module, numLayers, entries, bf16, budget,
+                            args.model, args.planOnly)
+          : std::min(args.recomputeLayers < 0 ? numLayers
+                                              : args.recomputeLayers,
+                     numLayers);
+  recompute(module, layers, args.model);
+  if (layers != 0 && !args.planOnly)
+    std::printf("recomputing %lld of %lld decoder layers in the backward "
+                "(memory budget %s)\n",
+                (long long)layers, (long long)numLayers,
+                gibText(budget).c_str());
+  if (args.planOnly) {
+    std::vector<codegen::cpu::FunctionSignature> sigs =
+        codegen::cpu::planForCpu(module, entries, bf16);
+    PlannedMemory m = plannedMemory(sigs);
+    printPeakBuffers(sigs);
+    std::printf("planned peak total: %llu bytes (%s) with %lld of %lld "
+                "layers recomputed: weights %llu, trainable state %llu, "
+                "step inputs/outputs %llu, arena %llu\n",
+                (unsigned long long)m.total(), gibText(m.total()).c_str(),
+                (long long)layers, (long long)numLayers,
+                (unsigned long long)m.weights, (unsigned long long)m.state,
+                (unsigned long long)m.io, (unsigned long long)m.arena);
+    return 0;
+  }
+  if (args.output.empty())
+    throw FormatError("", "--output", "give -o FILE (or --plan-only)");
   native::NativeTarget target = native::resolveNativeTarget(
       args.target, args.cpu.empty() ? "generic" : args.cpu);
   codegen::cpu::CompiledCpuModule compiled =
       codegen::cpu::compileForCpu(module, target, entries,
                                   /*withAssembly=*/false,
-                                  /*withBitcode=*/true, bf16WeightNames(model));
+                                  /*withBitcode=*/true, bf16);
 
   blm::ArtifactBuilder builder;
   builder.setProducer("bitloom");
@@ -178,7 +392,10 @@ static int compileCpuArtifact(CompileArgs &args, const Model &model,
   co.seqLen = uint64_t(args.seqLen);
   co.batchSize = uint64_t(args.batch);
   co.optimizer = args.optimizer.optimizer;
+  co.memoryBudget = budget;
+  co.recompute = layers != 0;
   builder.setCompileOptions(co);
+  builder.addMetadata("recompute_layers", std::to_string(layers));
   builder.addMetadata("source_model", fs::absolute(args.model).string());
   // The device needs the tokenizer and the chat template to read data.
   if (fs::is_directory(args.model)) {
@@ -328,6 +545,14 @@ static int compileCpuArtifact(CompileArgs &args, const Model &model,
 int runCompile(CompileArgs &args) {
   bool cpu = args.target == "cpu-x86_64" || args.target == "cpu-arm64";
   requireExecutableTarget(args.target);
+  if (!cpu && (args.planOnly || !args.memoryBudget.empty() ||
+               args.recomputeLayers != -2))
+    throw FormatError("", args.planOnly ? "--plan-only"
+                          : args.memoryBudget.empty() ? "--recompute-layers"
+                                                      : "--memory-budget",
+                      "only CPU targets (cpu-x86_64, cpu-arm64) plan memory");
+  if (args.output.empty() && !(cpu && args.planOnly))
+    throw FormatError("", "--output", "give -o FILE");
   int last = -1;
   for (int i = 0; i < 3; ++i)
     if (args.compileTo == kPhases[i])
