@@ -223,6 +223,12 @@ static void recompute(mlir::ModuleOp module, int64_t layers,
     throw FormatError(model, "recompute", "the phase failed");
 }
 
+/// "3 of 30 layers recomputed".
+static std::string recomputeLabel(int64_t layers, int64_t numLayers) {
+  return std::to_string(layers) + " of " + std::to_string(numLayers) +
+         " layers recomputed";
+}
+
 /// How many decoder layers to recompute: the fewest (recompute costs a
 /// second forward of each) whose plan fits `budget`; a compile error names
 /// the shortfall when even recomputing all of them does not fit.
@@ -241,8 +247,8 @@ static int64_t chooseRecompute(mlir::ModuleOp module, int64_t numLayers,
     PlannedMemory m =
         plannedMemory(codegen::cpu::planForCpu(*trial, entries, bf16));
     if (verbose)
-      std::printf("plan: recompute %lld of %lld layers: %s (arena %s)\n",
-                  (long long)layers, (long long)numLayers,
+      std::printf("plan: %s: %s (arena %s)\n",
+                  recomputeLabel(layers, numLayers).c_str(),
                   gibText(m.total()).c_str(), gibText(m.arena).c_str());
     return tried[layers] = m;
   };
@@ -325,20 +331,18 @@ static int compileCpuArtifact(CompileArgs &args, const Model &model,
                      numLayers);
   recompute(module, layers, args.model);
   if (layers != 0 && !args.planOnly)
-    std::printf("recomputing %lld of %lld decoder layers in the backward "
-                "(memory budget %s)\n",
-                (long long)layers, (long long)numLayers,
-                gibText(budget).c_str());
+    std::printf("to fit the memory budget (%s): %s in the backward\n",
+                gibText(budget).c_str(),
+                recomputeLabel(layers, numLayers).c_str());
   if (args.planOnly) {
     std::vector<codegen::cpu::FunctionSignature> sigs =
         codegen::cpu::planForCpu(module, entries, bf16);
     PlannedMemory m = plannedMemory(sigs);
     printPeakBuffers(sigs);
-    std::printf("planned peak total: %llu bytes (%s) with %lld of %lld "
-                "layers recomputed: weights %llu, trainable state %llu, "
-                "step inputs/outputs %llu, arena %llu\n",
+    std::printf("planned peak total: %llu bytes (%s) with %s: weights %llu, "
+                "trainable state %llu, step inputs/outputs %llu, arena %llu\n",
                 (unsigned long long)m.total(), gibText(m.total()).c_str(),
-                (long long)layers, (long long)numLayers,
+                recomputeLabel(layers, numLayers).c_str(),
                 (unsigned long long)m.weights, (unsigned long long)m.state,
                 (unsigned long long)m.io, (unsigned long long)m.arena);
     return 0;
@@ -395,7 +399,7 @@ static int compileCpuArtifact(CompileArgs &args, const Model &model,
   co.memoryBudget = budget;
   co.recompute = layers != 0;
   builder.setCompileOptions(co);
-  builder.addMetadata("recompute_layers", std::to_string(layers));
+  builder.addMetadata("recompute", recomputeLabel(layers, numLayers));
   builder.addMetadata("source_model", fs::absolute(args.model).string());
   // The device needs the tokenizer and the chat template to read data.
   if (fs::is_directory(args.model)) {
