@@ -519,3 +519,76 @@ TEST(Artifact, DescribeListsEverything) {
   EXPECT_EQ(brief.str().find("schedule train_step"), std::string::npos);
   EXPECT_EQ(brief.str().find("slot 1 up"), std::string::npos);
 }
+
+/// eval_step as a CPU entry point compiles it: one dispatch that takes the
+/// whole arena and places its own buffers, listed as slots with positions
+/// in the dispatch's schedule (see -loom-plan-arena).
+static void makeScheduledEval(SyntheticArtifact &s) {
+  s.eval.dispatches[0].bindings[1] = {BindingSource::Arena, 0, 0, 8192,
+                                      Access::ReadWrite};
+  s.eval.arenaBytes = 8192;
+  s.eval.scheduleLength = 10;
+  s.plan.slots[2] = {"eval_a", 0, 4096, 1, 0, 0, "a", 0, 4};
+  // Same bytes, later in the schedule: no conflict.
+  s.plan.slots.push_back({"eval_b", 0, 4096, 1, 0, 0, "b", 5, 9});
+  s.plan.slots.push_back({"eval_c", 4096, 4096, 1, 0, 0, "c", 2, 7});
+}
+
+TEST(ArtifactBuilder, ScheduledSlotsShareBytesWhenDisjointInTime) {
+  TempDir dir;
+  SyntheticArtifact s;
+  makeScheduledEval(s);
+  s.write(dir.file("scheduled.blm"));
+  std::unique_ptr<Artifact> a = Artifact::open(dir.file("scheduled.blm"));
+  const fb::Slot *b = a->memoryPlan()->slots()->Get(3);
+  EXPECT_EQ(b->schedule_begin(), 5u);
+  EXPECT_EQ(b->schedule_end(), 9u);
+  EXPECT_EQ(a->findEntryPoint("eval_step")->arena_bytes(), 8192u);
+  EXPECT_EQ(a->findEntryPoint("eval_step")->schedule_length(), 10u);
+  // Slots without positions keep the whole-dispatch default.
+  EXPECT_EQ(a->memoryPlan()->slots()->Get(0)->schedule_end(), UINT32_MAX);
+}
+
+TEST(ArtifactBuilder, RejectsOverlappingScheduledSlots) {
+  // Live at the same schedule position (even only at one shared end: an op
+  // may read one buffer while writing the other) over the same bytes.
+  expectBuilderError(
+      [](SyntheticArtifact &s) {
+        makeScheduledEval(s);
+        s.plan.slots[3].scheduleBegin = 4;
+      },
+      {"memory plan, slot 3 (eval_b)", "shares arena bytes with slot 2 "
+       "(eval_a)", "schedule positions 4..9 and 0..4"});
+  expectBuilderError(
+      [](SyntheticArtifact &s) {
+        makeScheduledEval(s);
+        s.plan.slots[4].offset = 3840; // overlaps both by 256 bytes
+      },
+      {"shares arena bytes", "eval_c"});
+  expectBuilderError(
+      [](SyntheticArtifact &s) {
+        makeScheduledEval(s);
+        s.plan.slots[3].scheduleEnd = 10;
+      },
+      {"memory plan, slot 3 (eval_b)", "schedule positions 5..10",
+       "10 positions"});
+  expectBuilderError(
+      [](SyntheticArtifact &s) {
+        makeScheduledEval(s);
+        s.plan.slots[4].offset = 6144;
+      },
+      {"memory plan, slot 4 (eval_c)", "outside its entry point's arena "
+       "(8192 bytes)"});
+  expectBuilderError(
+      [](SyntheticArtifact &s) {
+        makeScheduledEval(s);
+        s.eval.dispatches[0].bindings[1].size = 8448;
+      },
+      {"eval_step, dispatch 0, binding 1", "exceeds"});
+  expectBuilderError(
+      [](SyntheticArtifact &s) {
+        makeScheduledEval(s);
+        s.eval.dispatches[0].bindings[1].index = 1;
+      },
+      {"binding 1", "arena binding index 1 (must be 0)"});
+}
