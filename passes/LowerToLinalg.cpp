@@ -226,6 +226,7 @@ private:
     return arith::ConstantOp::create(b, loc, b.getI32IntegerAttr(v));
   }
   Type ptrType() { return LLVM::LLVMPointerType::get(ctx()); }
+  Value nullPointer() { return LLVM::ZeroOp::create(b, loc, ptrType()); }
   MemRefType bufferType(Value tensor) {
     auto t = cast<RankedTensorType>(tensor.getType());
     return MemRefType::get(t.getShape(), t.getElementType());
@@ -378,6 +379,7 @@ private:
   Value matmulGradWeight(MatmulGradWeightOp op);
   Value crossEntropy(CrossEntropyOp op);
   Value crossEntropyGrad(CrossEntropyGradOp op);
+  SmallVector<Value> linearCrossEntropy(LinearCrossEntropyOp op);
   Value tokenCount(TokenCountOp op);
   Value globalNorm(GlobalNormOp op);
   Value clipByNorm(ClipByNormOp op);
@@ -1098,6 +1100,40 @@ Value Lowering::crossEntropyGrad(CrossEntropyGradOp op) {
   return unrows(d, op.getType());
 }
 
+/// One micro-kernel call computes the loss (and the input gradient) block
+/// by block. Its [block_rows, vocab] logits block is a buffer of the step,
+/// allocated here like every kernel output, so the memory plan sees and
+/// places it and the kernel never allocates.
+SmallVector<Value> Lowering::linearCrossEntropy(LinearCrossEntropyOp op) {
+  Value x = rows(op.getInput()), w = op.getWeight(),
+        labels = flat(op.getLabels()), mask = flat(op.getLossMask());
+  int64_t n = shapeOf(x)[0], k = shapeOf(x)[1], v = shapeOf(w)[0];
+  // Never more rows of scratch than there are rows.
+  int64_t blockRows =
+      std::max<int64_t>(1, std::min<int64_t>(op.getBlockRows(), n));
+  bool training = bool(op.getLossGrad());
+  bool bf16 = cast<RankedTensorType>(w.getType()).getElementType().isBF16();
+  // Evaluation passes null for the loss gradient and the input gradient.
+  Value lossBuffer, gradBuffer, blockBuffer, lossGradPtr, gradPtr;
+  Value lossPtr = newBuffer({}, f32(), lossBuffer);
+  if (training) {
+    gradPtr = newBuffer({n, k}, f32(), gradBuffer);
+    lossGradPtr = pointerTo(op.getLossGrad());
+  } else {
+    gradPtr = lossGradPtr = nullPointer();
+  }
+  Value blockPtr = newBuffer({blockRows, v}, f32(), blockBuffer);
+  callUkernel(bf16 ? "bitloom_uk_linear_cross_entropy_bf16w"
+                   : "bitloom_uk_linear_cross_entropy",
+              {pointerTo(x), pointerTo(w), pointerTo(labels), pointerTo(mask),
+               lossGradPtr, lossPtr, gradPtr, blockPtr, i64(n), i64(v), i64(k),
+               i64(blockRows)});
+  SmallVector<Value> results = {finish(lossBuffer)};
+  if (training)
+    results.push_back(unrows(finish(gradBuffer), op.getInputGrad().getType()));
+  return results;
+}
+
 Value Lowering::tokenCount(TokenCountOp op) {
   Value mask = flat(op.getLossMask());
   Value sum = generic(mask, filled({}, f64(), 0.0), {identity(1), map(1, {})},
@@ -1281,6 +1317,7 @@ FailureOr<SmallVector<Value>> Lowering::lower(Operation *op) {
       .Case([&](MatmulGradWeightOp o) { return one(matmulGradWeight(o)); })
       .Case([&](CrossEntropyGradOp o) { return one(crossEntropyGrad(o)); })
       .Case([&](TokenCountOp o) { return one(tokenCount(o)); })
+      .Case([&](LinearCrossEntropyOp o) { return linearCrossEntropy(o); })
       .Case([&](ConstantOp o) {
         auto type = cast<RankedTensorType>(o.getType());
         return one(
@@ -1371,8 +1408,8 @@ private:
   }
 
   /// A frozen float matrix that can stay bf16: only ever the table of
-  /// embeddings and the weight of LM-head products and their input
-  /// gradients (the ops that widen it exactly).
+  /// embeddings and the weight of LM-head products (fused or not) and their
+  /// input gradients (the ops that widen it exactly).
   static bool isBf16Able(ParamOp p) {
     auto type = dyn_cast<RankedTensorType>(p.getType());
     if (!type || type.getRank() != 2 || !type.getElementType().isF32() ||
@@ -1389,6 +1426,9 @@ private:
       } else if (auto g = dyn_cast<MatmulGradInputOp>(user)) {
         if (g.getWeight() != p.getResult() ||
             g.getResultGrad() == p.getResult())
+          return false;
+      } else if (auto l = dyn_cast<LinearCrossEntropyOp>(user)) {
+        if (l.getWeight() != p.getResult() || l.getInput() == p.getResult())
           return false;
       } else {
         return false;
@@ -1478,6 +1518,10 @@ private:
         ops.push_back(op);
     });
     for (Operation *op : ops) {
+      // The fused LM head + loss exists to keep its logits in blocks, which
+      // only the micro-kernel does.
+      if (!uk && isa<LinearCrossEntropyOp>(op))
+        return op->emitError("loom.linear_cross_entropy needs ukernels=true");
       OpBuilder builder(op);
       Lowering lowering(builder, op->getLoc(), uk);
       FailureOr<SmallVector<Value>> values = lowering.lower(op);

@@ -391,6 +391,28 @@ struct Interpreter::Impl {
                            double(in(c.getLossGrad()).data[0]), g.data.data());
           set(c, std::move(g));
         })
+        .Case([&](LinearCrossEntropyOp c) {
+          // The oracle needs no blocks: the unfused math, in full.
+          const HostTensor &x = in(c.getInput()), &w = in(c.getWeight()),
+                           &mask = in(c.getLossMask());
+          const int32_t *labels = in(c.getLabels()).ints.data();
+          int64_t n = rows(x), k = cols(x), v = w.shape[0];
+          HostTensor logits = HostTensor::floats(withLast(x.shape, v));
+          matmul(x.data.data(), w.data.data(), n, k, v, logits.data.data());
+          set(c.getLoss(),
+              HostTensor::scalar(crossEntropy(logits.data.data(), labels,
+                                              mask.data.data(), n, v)));
+          if (!c.getLossGrad())
+            return;
+          HostTensor dlogits = HostTensor::floats(logits.shape);
+          crossEntropyGrad(logits.data.data(), labels, mask.data.data(), n, v,
+                           double(in(c.getLossGrad()).data[0]),
+                           dlogits.data.data());
+          HostTensor g = HostTensor::floats(x.shape);
+          matmulGradInput(dlogits.data.data(), w.data.data(), n, k, v,
+                          g.data.data());
+          set(c.getInputGrad(), std::move(g));
+        })
         .Case([&](TokenCountOp t) {
           double count = 0;
           for (float m : in(t.getLossMask()).data)

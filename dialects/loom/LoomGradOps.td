@@ -116,6 +116,34 @@ def Loom_CrossEntropyGradOp : Loom_GradOp<"cross_entropy_grad"> {
   let results = (outs Loom_F32Tensor:$logits_grad);
 }
 
+def Loom_LinearCrossEntropyOp : Loom_GradOp<"linear_cross_entropy"> {
+  let summary = "LM head product fused with the cross-entropy loss and, "
+                "given a loss gradient, the input gradient";
+  let description = [{
+    Exactly `loom.matmul %input, %weight` → `loom.cross_entropy` and, when
+    `loss_grad` is present, → `loom.cross_entropy_grad` →
+    `loom.matmul_grad_input` with the same weight:
+
+      logits = input · weightᵀ ([batch, tokens, vocab], weight [vocab, K])
+      loss   = Σ_{mask≠0} (logsumexp(logits) - logits[label]) / count
+      input_grad = (loss_grad · (softmax(logits) - onehot(label)) · [mask≠0]
+                    / count) · weight
+
+    with count the number of positions whose mask is not 0 (loss and
+    gradient are 0 when it is 0). Only the loss gradient wrt the input
+    exists: the weight is frozen. Made by -loom-fuse-linear-cross-entropy
+    so that the [batch·tokens, vocab] logits are never materialized:
+    lowerings compute them `block_rows` rows at a time. Without `loss_grad`
+    (evaluation) there is no `input_grad` result.
+  }];
+  let arguments = (ins Loom_F32Tensor:$input, Loom_F32Tensor:$weight,
+      Loom_I32Tensor:$labels, Loom_F32Tensor:$loss_mask,
+      Optional<0DTensorOf<[F32]>>:$loss_grad, I64Attr:$block_rows);
+  let results = (outs 0DTensorOf<[F32]>:$loss,
+      Optional<Loom_F32Tensor>:$input_grad);
+  let hasVerifier = 1;
+}
+
 def Loom_TokenCountOp : Loom_GradOp<"token_count"> {
   let summary = "number of prediction targets: Σ loss_mask";
   let arguments = (ins Loom_F32Tensor:$loss_mask);

@@ -290,5 +290,34 @@ LogicalResult CrossEntropyOp::verify() {
   return success();
 }
 
+LogicalResult LinearCrossEntropyOp::verify() {
+  auto input = requireRank(*this, getInput(), "input", 3);
+  auto weight = requireRank(*this, getWeight(), "weight", 2);
+  auto labels = requireRank(*this, getLabels(), "labels", 2);
+  auto mask = requireRank(*this, getLossMask(), "loss_mask", 2);
+  if (failed(input) || failed(weight) || failed(labels) || failed(mask))
+    return failure();
+  if (failed(requireDim(*this, "input features", (*input)[2], (*weight)[1],
+                        "the weight's columns")))
+    return failure();
+  for (int i = 0; i < 2; ++i) {
+    StringRef dim = i == 0 ? "batch" : "tokens";
+    if (failed(requireDim(*this, (Twine("labels ") + dim).str(), (*labels)[i],
+                          (*input)[i], (Twine("input ") + dim).str())) ||
+        failed(requireDim(*this, (Twine("loss_mask ") + dim).str(), (*mask)[i],
+                          (*input)[i], (Twine("input ") + dim).str())))
+      return failure();
+  }
+  if (getBlockRows() <= 0)
+    return emitOpError("block_rows must be positive, got ") << getBlockRows();
+  // The input gradient exists exactly when there is a loss gradient.
+  if (bool(getLossGrad()) != bool(getInputGrad()))
+    return emitOpError("has an input_grad result if and only if it has a "
+                       "loss_grad operand");
+  if (getInputGrad() && getInputGrad().getType() != getInput().getType())
+    return emitOpError("input_grad must have the input's type");
+  return success();
+}
+
 #define GET_OP_CLASSES
 #include "dialects/loom/LoomOps.cpp.inc"

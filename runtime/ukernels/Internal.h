@@ -95,7 +95,14 @@ void neonGemm(const GemmArgs &args, int64_t m0, int64_t m1, int64_t n0,
 /// Scratch buffers reused across calls, one set per thread (the pool's
 /// workers persist, so they are allocated once). 64-byte aligned; contents
 /// are undefined. A slot's previous pointer is invalid after a bigger request.
-enum ScratchSlot { kScratchA, kScratchB, kScratchX, kScratchTile, kNumSlots };
+enum ScratchSlot {
+  kScratchA,
+  kScratchB,
+  kScratchX,
+  kScratchTile,
+  kScratchRows, // per-row results of bitloom_uk_linear_cross_entropy
+  kNumSlots
+};
 void *scratch(ScratchSlot slot, size_t bytes);
 
 } // namespace bitloom::uk

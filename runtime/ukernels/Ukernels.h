@@ -67,6 +67,33 @@ void bitloom_uk_matmul_f32_bf16b(const float *a, const uint16_t *b, float *c,
                                  int32_t transA, int32_t transB,
                                  int32_t accumulate);
 
+/// The LM head fused with the masked mean cross-entropy and, when `xGrad` is
+/// set, the loss's gradient wrt the head's input, without ever holding more
+/// than `blockRows` rows of logits (loom.linear_cross_entropy):
+///   logits = x · wᵀ, x [n, k] f32, w [v, k];
+///   *loss = Σ_{mask[i]≠0} (logsumexp(logits[i]) - logits[i, labels[i]])
+///           / count, count = #{i : mask[i] ≠ 0}; 0 when count = 0;
+///   xGrad [n, k] = dlogits · w, dlogits = *lossGrad · (softmax(logits) -
+///           onehot(labels)) / count on masked-in rows, 0 elsewhere.
+/// Masked-in labels are clamped to [0, v) for the loss (those of masked-out
+/// rows are ignored). `scratch` holds blockRows · v floats, provided by the
+/// caller so that its memory plan places it; lossGrad and xGrad are both
+/// null for the loss alone. The products are bitloom_uk_matmul_f32's, so
+/// the results are those of the unfused GEMM → cross-entropy → gradient →
+/// GEMM up to the rounding of the softmax.
+void bitloom_uk_linear_cross_entropy(const float *x, const float *w,
+                                     const int32_t *labels, const float *mask,
+                                     const float *lossGrad, float *loss,
+                                     float *xGrad, float *scratch, int64_t n,
+                                     int64_t v, int64_t k, int64_t blockRows);
+
+/// bitloom_uk_linear_cross_entropy with w in bf16 (the raw bits), widened
+/// exactly as bitloom_uk_matmul_f32_bf16b does.
+void bitloom_uk_linear_cross_entropy_bf16w(
+    const float *x, const uint16_t *w, const int32_t *labels, const float *mask,
+    const float *lossGrad, float *loss, float *xGrad, float *scratch, int64_t n,
+    int64_t v, int64_t k, int64_t blockRows);
+
 #ifdef __cplusplus
 }
 #endif

@@ -7,6 +7,10 @@
 //
 //   bitloom-ukbench [--threads 1,2] [--isa avx512] [--min-time 0.5]
 //
+// The lce_* rows time the bf16 LM head with the loss and its input gradient:
+// bitloom_uk_linear_cross_entropy_bf16w against the unfused composition
+// (GEMM, the generated code's cross-entropy and gradient passes, GEMM).
+//
 //===----------------------------------------------------------------------===//
 #include "ukernels/Internal.h"
 #include "ukernels/Ukernels.h"
@@ -15,7 +19,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <random>
 #include <string>
@@ -29,6 +35,7 @@ struct Case {
   std::string kernel;
   int64_t m, n, k;
   int transA = 0, transB = 0;
+  int64_t blockRows = 0; // lce_fused_*: rows per block
 };
 
 /// Best time of one call in seconds, over repetitions filling `minTime`.
@@ -85,6 +92,13 @@ int main(int argc, char **argv) {
       // LoRA (rank 16) products: small enough that waking the pool matters.
       {"matmul_f32", 128, 16, 768, 0, 1},
       {"matmul_f32", 128, 768, 16, 0, 1},
+      // The bf16 LM head with the loss and input gradient (m rows, n vocab,
+      // k hidden), fused in blocks of 128 rows (16 MiB, the pass's default
+      // budget) and 32, and as the unfused GEMM → cross-entropy → gradient →
+      // GEMM (full logits).
+      {"lce_fused_bf16", 128, 32000, 768, 0, 0, 128},
+      {"lce_fused_bf16", 128, 32000, 768, 0, 0, 32},
+      {"lce_unfused_bf16", 128, 32000, 768},
   };
 
   std::mt19937 rng(1);
@@ -103,7 +117,77 @@ int main(int argc, char **argv) {
         x = dist(rng);
       return v;
     };
-    if (c.kernel != "matmul_f32") {
+    std::vector<uint16_t> wBf16;
+    std::vector<int32_t> labels;
+    std::vector<float> mask, logits;
+    float loss = 0, dloss = 1.0f;
+    bool lce = c.kernel.rfind("lce_", 0) == 0;
+    if (lce) {
+      a = randomFloats(c.m * c.k);
+      std::vector<float> wf = randomFloats(c.n * c.k);
+      wBf16.resize(wf.size());
+      for (size_t i = 0; i < wf.size(); ++i) {
+        uint32_t bits;
+        std::memcpy(&bits, &wf[i], 4);
+        wBf16[i] = uint16_t(bits >> 16);
+      }
+      std::uniform_int_distribution<int32_t> label(0, int32_t(c.n - 1));
+      for (int64_t i = 0; i < c.m; ++i) {
+        labels.push_back(label(rng));
+        mask.push_back(i % 8 == 0 ? 0.0f : 1.0f);
+      }
+      out.resize(size_t(c.m * c.k));
+    }
+    if (c.kernel == "lce_fused_bf16") {
+      int64_t blockRows = c.blockRows;
+      logits.resize(size_t(blockRows * c.n));
+      fn = [&, blockRows] {
+        bitloom_uk_linear_cross_entropy_bf16w(
+            a.data(), wBf16.data(), labels.data(), mask.data(), &dloss, &loss,
+            out.data(), logits.data(), c.m, c.n, c.k, blockRows);
+      };
+    } else if (c.kernel == "lce_unfused_bf16") {
+      logits.resize(size_t(c.m * c.n));
+      b.resize(size_t(c.m * c.n)); // dlogits
+      fn = [&] {
+        int64_t m = c.m, n = c.n;
+        bitloom_uk_matmul_f32_bf16b(a.data(), wBf16.data(), logits.data(), m, n,
+                                    c.k, 0, 1, 0);
+        // The generated loops' passes: max, Σ exp, loss; then the gradient
+        // recomputes max and Σ exp and writes a separate [m, n] tensor.
+        double total = 0, count = 0;
+        for (int pass = 0; pass < 2; ++pass)
+          for (int64_t i = 0; i < m; ++i) {
+            const float *l = logits.data() + i * n;
+            float mx = -INFINITY;
+            for (int64_t j = 0; j < n; ++j)
+              mx = std::max(mx, l[j]);
+            double sum = 0;
+            for (int64_t j = 0; j < n; ++j)
+              sum += double(std::exp(l[j] - mx));
+            float logSum = std::log(float(sum));
+            if (pass == 0) {
+              if (mask[size_t(i)] != 0.0f) {
+                total -= double((l[labels[size_t(i)]] - mx) - logSum);
+                count += 1;
+              }
+              continue;
+            }
+            float g = dloss / float(count);
+            float *d = b.data() + i * n;
+            for (int64_t j = 0; j < n; ++j) {
+              float p = std::exp((l[j] - mx) - logSum);
+              d[j] = mask[size_t(i)] == 0.0f
+                         ? 0.0f
+                         : g * (p - (j == labels[size_t(i)] ? 1.0f : 0.0f));
+            }
+          }
+        loss = float(total / count);
+        bitloom_uk_matmul_f32_bf16b(b.data(), wBf16.data(), out.data(), m, c.k,
+                                    n, 0, 0, 0);
+      };
+    }
+    if (!lce && c.kernel != "matmul_f32") {
       std::uniform_int_distribution<int> tern(-1, 1), byte(-128, 127);
       w.resize(size_t(c.n * c.k));
       for (int8_t &v : w)
@@ -129,7 +213,7 @@ int main(int argc, char **argv) {
         bitloom_uk_ternary_matmul_t(a.data(), packed.data(), 0.5f, out.data(),
                                     c.m, c.n, c.k);
       };
-    } else {
+    } else if (!lce) {
       a = randomFloats(c.m * c.k);
       b = randomFloats(c.k * c.n);
       out.resize(size_t(c.m * c.n));
@@ -141,11 +225,14 @@ int main(int argc, char **argv) {
     std::string trans =
         c.kernel == "matmul_f32"
             ? std::string(c.transA ? "T" : "N") + (c.transB ? "T" : "N")
-            : "-";
+        : c.blockRows ? "R" + std::to_string(c.blockRows)
+                      : "-";
     for (int32_t threads : threadCounts) {
       bitloom_uk_set_threads(threads);
       double s = timeIt(fn, minTime);
-      double gflops = 2.0 * double(c.m) * double(c.n) * double(c.k) / s / 1e9;
+      // The LM-head cases run two products.
+      double gflops =
+          (lce ? 4.0 : 2.0) * double(c.m) * double(c.n) * double(c.k) / s / 1e9;
       std::printf("%-17s %5lld %6lld %6lld %6s %7d %10.3f %9.1f\n",
                   c.kernel.c_str(), (long long)c.m, (long long)c.n,
                   (long long)c.k, trans.c_str(), threads, s * 1e3, gflops);
