@@ -253,6 +253,8 @@ private:
           accumulate(operand, g);
     }
 
+    sinkLoRAInputGradients(entry);
+
     SmallVector<Value> paramGrads;
     for (auto [p, arg] : llvm::zip(params, body.paramArgs)) {
       Value g = grads.lookup(arg);
@@ -261,6 +263,25 @@ private:
       paramGrads.push_back(g);
     }
     return paramGrads;
+  }
+
+  /// A LoRA's input gradient ([tokens × in features]) is summed with its
+  /// bitlinear's, which the reverse order builds only after the LoRA's
+  /// adjoint: moved right before that sum, it is not held while the
+  /// bitlinear's gradient (and any recomputation) runs. Its operands are the
+  /// output gradient, which the bitlinear's adjoint reads just before the
+  /// sum, and the LoRA matrices (arguments), so no other lifetime grows.
+  static void sinkLoRAInputGradients(Block &entry) {
+    for (auto grad :
+         llvm::make_early_inc_range(entry.getOps<LoRAGradInputOp>())) {
+      Operation *first = nullptr;
+      for (Operation *user : grad->getUsers())
+        if (user->getBlock() == &entry &&
+            (!first || user->isBeforeInBlock(first)))
+          first = user;
+      if (first && grad->getNextNode() != first)
+        grad->moveBefore(first);
+    }
   }
 
   /// Optimizer state arguments: one (SGD) or two (AdamW) per parameter,

@@ -172,13 +172,22 @@ private:
     return SmallVector<Value>(op.getResults());
   }
 
-  /// An elementwise map over operands of one shape.
-  Value elementwise(ValueRange ins, Type elt, Body body) {
+  /// An elementwise map over operands of one shape. With `inPlace`, the
+  /// result is written over an operand this op is the only reader of (not a
+  /// function argument), so bufferization reuses its buffer instead of
+  /// allocating another: a residual add or a gradient sum costs no memory.
+  Value elementwise(ValueRange ins, Type elt, Body body, bool inPlace = false) {
     ArrayRef<int64_t> shape = shapeOf(ins.front());
     unsigned n = shape.size();
     SmallVector<AffineMap> maps(ins.size() + 1, identity(n));
     SmallVector<utils::IteratorType> iters(n, P);
-    return generic(ins, empty(shape, elt), maps, iters, body)[0];
+    Value init;
+    auto resultType = RankedTensorType::get(shape, elt);
+    for (Value v : ins)
+      if (inPlace && !init && !isa<BlockArgument>(v) && v.hasOneUse() &&
+          v.getType() == resultType)
+        init = v;
+    return generic(ins, init ? init : empty(shape, elt), maps, iters, body)[0];
   }
 
   /// out[mo] = Σ a[ma] · b[mb] over the reduction loops, accumulated in f64;
@@ -1273,26 +1282,29 @@ FailureOr<SmallVector<Value>> Lowering::lower(Operation *op) {
       .Case([&](AttentionOp o) { return one(attention(o)); })
       .Case([&](CachedAttentionOp o) { return cachedAttention(o); })
       .Case([&](Relu2Op o) {
-        return one(
-            elementwise(o.getInput(), f32(),
-                        [](Scalar &e, ValueRange a) -> SmallVector<Value> {
-                          Value r = e.max(a[0], e.f32(0.0));
-                          return {e.mul(r, r)};
-                        }));
+        return one(elementwise(
+            o.getInput(), f32(),
+            [](Scalar &e, ValueRange a) -> SmallVector<Value> {
+              Value r = e.max(a[0], e.f32(0.0));
+              return {e.mul(r, r)};
+            },
+            /*inPlace=*/true));
       })
       .Case([&](AddOp o) {
-        return one(
-            elementwise({o.getLhs(), o.getRhs()}, f32(),
-                        [](Scalar &e, ValueRange a) -> SmallVector<Value> {
-                          return {e.add(a[0], a[1])};
-                        }));
+        return one(elementwise(
+            {o.getLhs(), o.getRhs()}, f32(),
+            [](Scalar &e, ValueRange a) -> SmallVector<Value> {
+              return {e.add(a[0], a[1])};
+            },
+            /*inPlace=*/true));
       })
       .Case([&](MulOp o) {
-        return one(
-            elementwise({o.getLhs(), o.getRhs()}, f32(),
-                        [](Scalar &e, ValueRange a) -> SmallVector<Value> {
-                          return {e.mul(a[0], a[1])};
-                        }));
+        return one(elementwise(
+            {o.getLhs(), o.getRhs()}, f32(),
+            [](Scalar &e, ValueRange a) -> SmallVector<Value> {
+              return {e.mul(a[0], a[1])};
+            },
+            /*inPlace=*/true));
       })
       .Case([&](MatmulOp o) { return one(matmul(o)); })
       .Case([&](CrossEntropyOp o) { return one(crossEntropy(o)); })
@@ -1306,12 +1318,13 @@ FailureOr<SmallVector<Value>> Lowering::lower(Operation *op) {
       .Case([&](LoRAGradParamsOp o) { return loraGradParams(o); })
       .Case([&](AttentionGradOp o) { return attentionGrad(o); })
       .Case([&](Relu2GradOp o) {
-        return one(
-            elementwise({o.getResultGrad(), o.getInput()}, f32(),
-                        [](Scalar &e, ValueRange a) -> SmallVector<Value> {
-                          Value r = e.max(a[1], e.f32(0.0));
-                          return {e.mul(a[0], e.mul(e.f32(2.0), r))};
-                        }));
+        return one(elementwise(
+            {o.getResultGrad(), o.getInput()}, f32(),
+            [](Scalar &e, ValueRange a) -> SmallVector<Value> {
+              Value r = e.max(a[1], e.f32(0.0));
+              return {e.mul(a[0], e.mul(e.f32(2.0), r))};
+            },
+            /*inPlace=*/true));
       })
       .Case([&](MatmulGradInputOp o) { return one(matmulGradInput(o)); })
       .Case([&](MatmulGradWeightOp o) { return one(matmulGradWeight(o)); })

@@ -120,8 +120,8 @@ private:
     int64_t arenaBytes = place(buffers);
 
     // The arena: one trailing i8 argument; every buffer a view into it.
-    auto arenaType = MemRefType::get({arenaBytes},
-                                     IntegerType::get(func.getContext(), 8));
+    auto arenaType =
+        MemRefType::get({arenaBytes}, IntegerType::get(func.getContext(), 8));
     if (failed(func.insertArgument(func.getNumArguments(), arenaType,
                                    DictionaryAttr(), func.getLoc())))
       return func.emitError("loom-plan-arena: cannot add the arena argument");

@@ -241,6 +241,34 @@ private:
       });
       ++numRecomputedValues;
     }
+    // relu²(gate) is cheap and [tokens × intermediate]: rather than keep the
+    // clone from the gated product (recomputed first) to the product's
+    // adjoint, a reader far behind the first gets a clone of its own, right
+    // before it — the gate itself lives that long for relu²'s adjoint.
+    for (Operation *op : segment) {
+      if (!isa<Relu2Op>(op) || !toClone.contains(op))
+        continue;
+      Value clone = mapping.lookup(op->getResult(0));
+      Operation *cloneOp = clone.getDefiningOp();
+      SmallVector<Operation *> readers;
+      for (Operation *user : clone.getUsers())
+        readers.push_back(user);
+      llvm::sort(readers, [](Operation *a, Operation *b) {
+        return a->isBeforeInBlock(b);
+      });
+      Value gate = cloneOp->getOperand(0);
+      for (Operation *reader : llvm::drop_begin(readers)) {
+        bool gateLives = llvm::any_of(gate.getUsers(), [&](Operation *u) {
+          return u != cloneOp && (u == reader || reader->isBeforeInBlock(u));
+        });
+        if (!gateLives || reader->getBlock() != cloneOp->getBlock())
+          continue;
+        OpBuilder rb(reader);
+        Operation *again = rb.clone(*cloneOp);
+        reader->replaceUsesOfWith(clone, again->getResult(0));
+        ++numClonedOps;
+      }
+    }
   }
 };
 

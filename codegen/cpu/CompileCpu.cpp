@@ -93,10 +93,11 @@ void takeMemoryPlan(Operation *func, FunctionSignature &sig) {
 
 /// The entry points of `source` lowered through -loom-plan-arena (and, with
 /// `toLLVM`, on to the LLVM dialect), with their signatures and plans.
-OwningOpRef<ModuleOp>
-lowerEntries(ModuleOp source, const std::vector<std::string> &entries,
-             const std::vector<std::string> &bf16Weights, bool toLLVM,
-             std::vector<FunctionSignature> &signatures) {
+OwningOpRef<ModuleOp> lowerEntries(ModuleOp source,
+                                   const std::vector<std::string> &entries,
+                                   const std::vector<std::string> &bf16Weights,
+                                   bool toLLVM,
+                                   std::vector<FunctionSignature> &signatures) {
   MLIRContext *context = source.getContext();
   DialectRegistry registry;
   registerCpuLoweringDependencies(registry);

@@ -45,7 +45,7 @@ MemoryReport memoryReport(const Artifact &a) {
     uint64_t n = a.parameterData(i).size();
     std::string dtype = str(a.parameter(i).dtype());
     r.weightBytes += n;
-    (dtype == "i2x128"  ? r.ternaryBytes
+    (dtype == "i2x128" ? r.ternaryBytes
      : dtype == "bf16" ? r.bf16Bytes
      : dtype == "f32"  ? r.f32Bytes
                        : r.otherBytes) += n;
@@ -123,8 +123,8 @@ void printMemoryReport(const Artifact &a, const MemoryReport &r,
   CompileOptions options = a.compileOptions();
   if (options.memoryBudget)
     os << "compiled for a memory budget of " << options.memoryBudget
-       << " bytes (" << gib(options.memoryBudget) << "), recompute: "
-       << (options.recompute ? "yes" : "no") << "\n";
+       << " bytes (" << gib(options.memoryBudget)
+       << "), recompute: " << (options.recompute ? "yes" : "no") << "\n";
   os << "entry points:\n";
   const EntryMemory *biggest = nullptr;
   for (const EntryMemory &m : r.entries) {

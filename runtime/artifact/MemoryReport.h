@@ -41,8 +41,7 @@ struct MemoryReport {
   uint64_t arenaBytes = 0;     // the memory plan's arena
   std::vector<EntryMemory> entries;
   uint64_t total() const {
-    return weightBytes + trainableBytes + optimizerBytes + ioBytes +
-           arenaBytes;
+    return weightBytes + trainableBytes + optimizerBytes + ioBytes + arenaBytes;
   }
 };
 

@@ -208,8 +208,8 @@ struct Checker {
             if (!plan)
               fail(bfield, "binds the arena but there is no memory plan");
             if (b->index() != 0)
-              fail(bfield, "arena binding index " + num(b->index()) +
-                               " (must be 0)");
+              fail(bfield,
+                   "arena binding index " + num(b->index()) + " (must be 0)");
             limit = std::min<uint64_t>(plan->arena_size(),
                                        m.entry_points()->Get(e)->arena_bytes());
             break;
@@ -252,8 +252,8 @@ struct Checker {
     if (wholeDispatch(a) && wholeDispatch(b))
       return "";
     return "; schedule positions " + num(b->schedule_begin()) + ".." +
-           num(b->schedule_end()) + " and " + num(a->schedule_begin()) +
-           ".." + num(a->schedule_end());
+           num(b->schedule_end()) + " and " + num(a->schedule_begin()) + ".." +
+           num(a->schedule_end());
   }
 
   void memoryPlan() {
@@ -290,8 +290,8 @@ struct Checker {
         if (s->lifetime_begin() != s->lifetime_end() ||
             s->schedule_begin() > s->schedule_end() ||
             s->schedule_end() >= ep->schedule_length())
-          fail(field, "schedule positions " + num(s->schedule_begin()) +
-                          ".." + num(s->schedule_end()) +
+          fail(field, "schedule positions " + num(s->schedule_begin()) + ".." +
+                          num(s->schedule_end()) +
                           " are not within one dispatch's schedule of " +
                           num(ep->schedule_length()) + " positions");
         if (!rangeInside(s->offset(), s->size(), ep->arena_bytes()))

@@ -30,8 +30,8 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -86,10 +86,14 @@ void addCompileCommand(CLI::App &app, CompileArgs &args) {
 /// "1.5GiB", "800MiB", "64KiB", "2G", "123456": bytes.
 static uint64_t parseBytes(const std::string &text, const std::string &flag) {
   static const std::pair<const char *, double> units[] = {
-      {"GiB", 1024.0 * 1024 * 1024}, {"MiB", 1024.0 * 1024},
-      {"KiB", 1024.0},               {"G", 1024.0 * 1024 * 1024},
-      {"M", 1024.0 * 1024},          {"K", 1024.0},
-      {"B", 1.0},                    {"", 1.0}};
+      {"GiB", 1024.0 * 1024 * 1024},
+      {"MiB", 1024.0 * 1024},
+      {"KiB", 1024.0},
+      {"G", 1024.0 * 1024 * 1024},
+      {"M", 1024.0 * 1024},
+      {"K", 1024.0},
+      {"B", 1.0},
+      {"", 1.0}};
   for (const auto &[suffix, scale] : units) {
     std::string unit(suffix);
     if (text.size() <= unit.size() ||
@@ -103,8 +107,9 @@ static uint64_t parseBytes(const std::string &text, const std::string &flag) {
     break;
   }
   throw FormatError("", flag,
-                    "'" + text + "' is not a size (e.g. 1.5GiB, 800MiB or "
-                    "a number of bytes)");
+                    "'" + text +
+                        "' is not a size (e.g. 1.5GiB, 800MiB or "
+                        "a number of bytes)");
 }
 
 static std::string printModule(mlir::ModuleOp module) {
@@ -191,8 +196,8 @@ printPeakBuffers(const std::vector<codegen::cpu::FunctionSignature> &sigs) {
   for (const codegen::cpu::PlannedBuffer &b : top->buffers)
     for (int64_t p = b.first; p <= b.last && p < int64_t(live.size()); ++p)
       live[size_t(p)] += b.size;
-  int64_t peak = int64_t(std::max_element(live.begin(), live.end()) -
-                         live.begin());
+  int64_t peak =
+      int64_t(std::max_element(live.begin(), live.end()) - live.begin());
   std::vector<const codegen::cpu::PlannedBuffer *> atPeak;
   for (const codegen::cpu::PlannedBuffer &b : top->buffers)
     if (b.first <= peak && peak <= b.last)
@@ -260,11 +265,11 @@ static int64_t chooseRecompute(mlir::ModuleOp module, int64_t numLayers,
         model, "--memory-budget",
         "the step needs " + std::to_string(all.total()) + " bytes (" +
             gibText(all.total()) + ") even recomputing all " +
-            std::to_string(numLayers) + " layers: " +
-            std::to_string(all.total() - budget) + " bytes over the budget of " +
-            std::to_string(budget) + " (weights " + gibText(all.weights) +
-            ", trainable state " + gibText(all.state) + ", arena " +
-            gibText(all.arena) + ")");
+            std::to_string(numLayers) +
+            " layers: " + std::to_string(all.total() - budget) +
+            " bytes over the budget of " + std::to_string(budget) +
+            " (weights " + gibText(all.weights) + ", trainable state " +
+            gibText(all.state) + ", arena " + gibText(all.arena) + ")");
   // The peak falls as layers are recomputed: binary search the fewest.
   int64_t lo = 1, hi = numLayers;
   while (lo < hi) {
@@ -313,10 +318,9 @@ static int compileCpuArtifact(CompileArgs &args, const Model &model,
     entries.push_back("generate_step");
 
   // Memory: recompute the fewest decoder layers that fit the budget.
-  uint64_t budget =
-      !args.memoryBudget.empty()
-          ? parseBytes(args.memoryBudget, "--memory-budget")
-          : (args.target == "cpu-arm64" ? 4ull : 8ull) << 30;
+  uint64_t budget = !args.memoryBudget.empty()
+                        ? parseBytes(args.memoryBudget, "--memory-budget")
+                        : (args.target == "cpu-arm64" ? 4ull : 8ull) << 30;
   int64_t numLayers = model.config().numLayers;
   std::vector<std::string> bf16 = bf16WeightNames(model);
   if (args.recomputeLayers < -2)
@@ -551,9 +555,10 @@ int runCompile(CompileArgs &args) {
   requireExecutableTarget(args.target);
   if (!cpu && (args.planOnly || !args.memoryBudget.empty() ||
                args.recomputeLayers != -2))
-    throw FormatError("", args.planOnly ? "--plan-only"
-                          : args.memoryBudget.empty() ? "--recompute-layers"
-                                                      : "--memory-budget",
+    throw FormatError("",
+                      args.planOnly               ? "--plan-only"
+                      : args.memoryBudget.empty() ? "--recompute-layers"
+                                                  : "--memory-budget",
                       "only CPU targets (cpu-x86_64, cpu-arm64) plan memory");
   if (args.output.empty() && !(cpu && args.planOnly))
     throw FormatError("", "--output", "give -o FILE");

@@ -371,9 +371,8 @@ void dumpKernels(const blm::Artifact &artifact, ArtifactIR &ir,
               ir.kernels.size(), dir.c_str());
 }
 
-int runInspect(const std::string &path, bool stats,
-               const std::string &dumpDir, bool memory,
-               const std::string &svgPath) {
+int runInspect(const std::string &path, bool stats, const std::string &dumpDir,
+               bool memory, const std::string &svgPath) {
   if (std::filesystem::path(path).extension() == ".blm") {
     std::unique_ptr<blm::Artifact> artifact = blm::Artifact::open(path);
     if (memory || !svgPath.empty()) {

@@ -21,11 +21,14 @@
 // CHECK: %[[SEED:.*]] = loom.constant {value = 1.000000e+00 : f64}
 // CHECK: loom.cross_entropy_grad %{{.*}}, %{{.*}}, %{{.*}}, %[[SEED]]
 // CHECK: loom.matmul_grad_input
-// The down_proj adapter: its parameters and the input gradient that carries
-// on to the q adapter below it.
-// CHECK: loom.lora_grad_input
+// The down_proj adapter: its parameters, then the bitlinear's input
+// gradient; the adapter's input gradient is computed right before the two
+// are summed (not held while the bitlinear's runs), and carries on to the q
+// adapter below it.
 // CHECK: loom.lora_grad_params
-// CHECK: loom.bitlinear_grad_input
+// CHECK: %[[DXB:.*]] = loom.bitlinear_grad_input
+// CHECK-NEXT: %[[DXL:.*]] = loom.lora_grad_input
+// CHECK-NEXT: loom.add %[[DXL]], %[[DXB]]
 // CHECK: loom.relu2_grad
 // CHECK: loom.attention_grad
 // RoPE's adjoint is the inverse rotation.

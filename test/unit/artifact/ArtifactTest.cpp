@@ -557,8 +557,10 @@ TEST(ArtifactBuilder, RejectsOverlappingScheduledSlots) {
         makeScheduledEval(s);
         s.plan.slots[3].scheduleBegin = 4;
       },
-      {"memory plan, slot 3 (eval_b)", "shares arena bytes with slot 2 "
-       "(eval_a)", "schedule positions 4..9 and 0..4"});
+      {"memory plan, slot 3 (eval_b)",
+       "shares arena bytes with slot 2 "
+       "(eval_a)",
+       "schedule positions 4..9 and 0..4"});
   expectBuilderError(
       [](SyntheticArtifact &s) {
         makeScheduledEval(s);
@@ -578,7 +580,7 @@ TEST(ArtifactBuilder, RejectsOverlappingScheduledSlots) {
         s.plan.slots[4].offset = 6144;
       },
       {"memory plan, slot 4 (eval_c)", "outside its entry point's arena "
-       "(8192 bytes)"});
+                                       "(8192 bytes)"});
   expectBuilderError(
       [](SyntheticArtifact &s) {
         makeScheduledEval(s);
