@@ -91,6 +91,34 @@ void takeMemoryPlan(Operation *func, FunctionSignature &sig) {
     func->removeAttr(attr);
 }
 
+/// The planner's promise, checked independently of how it placed anything:
+/// every buffer inside the arena, and no two buffers live at a common
+/// schedule position share a byte. Throws (a compiler bug) otherwise.
+void checkMemoryPlan(const FunctionSignature &sig) {
+  std::vector<const PlannedBuffer *> order;
+  for (const PlannedBuffer &b : sig.buffers) {
+    if (b.offset < 0 || b.size < 0 || b.offset + b.size > sig.arenaBytes ||
+        b.first > b.last)
+      throw FormatError("", sig.name,
+                        "memory plan: a buffer of " + b.owner +
+                            " lies outside the arena");
+    if (b.size > 0)
+      order.push_back(&b);
+  }
+  std::sort(order.begin(), order.end(),
+            [](auto *x, auto *y) { return x->offset < y->offset; });
+  for (size_t i = 0; i < order.size(); ++i)
+    for (size_t j = i + 1;
+         j < order.size() && order[j]->offset < order[i]->offset + order[i]->size;
+         ++j)
+      if (order[i]->first <= order[j]->last &&
+          order[j]->first <= order[i]->last)
+        throw FormatError("", sig.name,
+                          "memory plan: buffers of " + order[i]->owner +
+                              " and " + order[j]->owner +
+                              " share bytes while both are live");
+}
+
 /// The entry points of `source` lowered through -loom-plan-arena (and, with
 /// `toLLVM`, on to the LLVM dialect), with their signatures and plans.
 OwningOpRef<ModuleOp> lowerEntries(ModuleOp source,
@@ -161,8 +189,10 @@ OwningOpRef<ModuleOp> lowerEntries(ModuleOp source,
     throw FormatError("", "compile",
                       toLLVM ? "lowering to the LLVM dialect failed"
                              : "planning the step's memory failed");
-  for (FunctionSignature &sig : signatures)
+  for (FunctionSignature &sig : signatures) {
     takeMemoryPlan(module->lookupSymbol(sig.name), sig);
+    checkMemoryPlan(sig);
+  }
   return module;
 }
 
