@@ -7,6 +7,7 @@
 // every ISA with 1-3 threads.
 //
 //===----------------------------------------------------------------------===//
+#include "ForEachConfig.h"
 #include "ukernels/Internal.h"
 #include "ukernels/Ukernels.h"
 
@@ -20,6 +21,7 @@
 #include <vector>
 
 using namespace bitloom::uk;
+using bitloom::uk::test::forEachConfig;
 
 namespace {
 
@@ -143,20 +145,6 @@ void callFused(const Problem &p, bool bf16, const float *dloss, float *loss,
     bitloom_uk_linear_cross_entropy(p.x.data(), p.w.data(), p.labels.data(),
                                     p.mask.data(), dloss, loss, dx, scratch,
                                     p.n, p.v, p.k, blockRows);
-}
-
-template <typename F> void forEachConfig(F body) {
-  for (Isa isa : availableIsas()) {
-    ASSERT_TRUE(forceIsa(isa));
-    for (int32_t threads : {1, 2, 3}) {
-      bitloom_uk_set_threads(threads);
-      SCOPED_TRACE(std::string("isa ") + isaName(isa) + ", threads " +
-                   std::to_string(threads));
-      body();
-    }
-  }
-  resetIsa();
-  bitloom_uk_set_threads(1);
 }
 
 constexpr float kGuard = 12345.0f;

@@ -7,6 +7,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "ukernels/Ukernels.h"
+#include "ForEachConfig.h"
 #include "ukernels/Internal.h"
 #include "ukernels/ThreadPool.h"
 
@@ -21,24 +22,9 @@
 #include <vector>
 
 using namespace bitloom::uk;
+using bitloom::uk::test::forEachConfig;
 
 namespace {
-
-// Runs `body` for every available ISA and thread count, then restores the
-// defaults so the tests stay independent.
-template <typename F> void forEachConfig(F body) {
-  for (Isa isa : availableIsas()) {
-    ASSERT_TRUE(forceIsa(isa));
-    for (int32_t threads : {1, 2, 3}) {
-      bitloom_uk_set_threads(threads);
-      SCOPED_TRACE(std::string("isa ") + isaName(isa) + ", threads " +
-                   std::to_string(threads));
-      body();
-    }
-  }
-  resetIsa();
-  bitloom_uk_set_threads(1);
-}
 
 std::vector<int8_t> randomTernary(std::mt19937 &rng, int64_t count) {
   std::uniform_int_distribution<int> dist(-1, 1);
