@@ -71,6 +71,15 @@ void probabilities(const Shape &s, const float *qRow, const float *kBase,
 }
 
 /// Runs fn(b, kvh) for every (batch, kv head) pair on the pool.
+/// A row of `n` floats of this thread's scratch (`slot` 0 or 1): grown once,
+/// then reused by every later call, so a step allocates nothing here.
+float *rowScratch(int slot, int64_t n) {
+  thread_local std::vector<float> rows[2];
+  if (rows[slot].size() < size_t(n))
+    rows[slot].resize(size_t(n));
+  return rows[slot].data();
+}
+
 template <typename F> void forEachKvHead(const Shape &s, F &&fn) {
   ThreadPool::global().parallelFor(s.batch * s.kvHeads,
                                    [&](int64_t begin, int64_t end) {
@@ -89,7 +98,7 @@ extern "C" void bitloom_uk_attention(const float *q, const float *k,
                                      int32_t causal) {
   Shape s{batch, queries, keys, heads, kvHeads, headDim, scale, causal != 0};
   forEachKvHead(s, [&](int64_t b, int64_t kvh) {
-    std::vector<float> p(size_t(s.keys));
+    float *p = rowScratch(0, s.keys);
     const float *kBase = k + b * s.keys * s.kStride() + kvh * s.headDim;
     const float *vBase = v + b * s.keys * s.kStride() + kvh * s.headDim;
     for (int64_t g = 0; g < s.group(); ++g) {
@@ -97,11 +106,11 @@ extern "C" void bitloom_uk_attention(const float *q, const float *k,
       for (int64_t t = 0; t < s.queries; ++t) {
         int64_t row = (b * s.queries + t) * s.qStride() + h * s.headDim;
         int64_t n = s.visible(t);
-        probabilities(s, q + row, kBase, n, p.data());
+        probabilities(s, q + row, kBase, n, p);
         float *o = out + row;
         std::memset(o, 0, sizeof(float) * size_t(s.headDim));
         for (int64_t j = 0; j < n; ++j)
-          axpy(p[size_t(j)], vBase + j * s.kStride(), o, s.headDim);
+          axpy(p[j], vBase + j * s.kStride(), o, s.headDim);
       }
     }
   });
@@ -116,7 +125,7 @@ extern "C" void bitloom_uk_attention_grad(const float *q, const float *k,
                                           float scale, int32_t causal) {
   Shape s{batch, queries, keys, heads, kvHeads, headDim, scale, causal != 0};
   forEachKvHead(s, [&](int64_t b, int64_t kvh) {
-    std::vector<float> p(size_t(s.keys)), dS(size_t(s.keys));
+    float *p = rowScratch(0, s.keys), *dS = rowScratch(1, s.keys);
     int64_t kOffset = b * s.keys * s.kStride() + kvh * s.headDim;
     const float *kBase = k + kOffset, *vBase = v + kOffset;
     float *dkBase = dk + kOffset, *dvBase = dv + kOffset;
@@ -131,20 +140,19 @@ extern "C" void bitloom_uk_attention_grad(const float *q, const float *k,
         int64_t row = (b * s.queries + t) * s.qStride() + h * s.headDim;
         int64_t n = s.visible(t);
         const float *qRow = q + row, *gRow = dout + row;
-        probabilities(s, qRow, kBase, n, p.data());
+        probabilities(s, qRow, kBase, n, p);
         double rowDot = 0.0;
         for (int64_t j = 0; j < n; ++j) {
-          dS[size_t(j)] = dot(gRow, vBase + j * s.kStride(), s.headDim);
-          rowDot += double(p[size_t(j)]) * double(dS[size_t(j)]);
+          dS[j] = dot(gRow, vBase + j * s.kStride(), s.headDim);
+          rowDot += double(p[j]) * double(dS[j]);
         }
         float *dqRow = dq + row;
         std::memset(dqRow, 0, sizeof(float) * size_t(s.headDim));
         for (int64_t j = 0; j < n; ++j) {
-          float ds = float(double(p[size_t(j)]) *
-                           (double(dS[size_t(j)]) - rowDot) * s.scale);
+          float ds = float(double(p[j]) * (double(dS[j]) - rowDot) * s.scale);
           axpy(ds, kBase + j * s.kStride(), dqRow, s.headDim);
           axpy(ds, qRow, dkBase + j * s.kStride(), s.headDim);
-          axpy(p[size_t(j)], gRow, dvBase + j * s.kStride(), s.headDim);
+          axpy(p[j], gRow, dvBase + j * s.kStride(), s.headDim);
         }
       }
     }
