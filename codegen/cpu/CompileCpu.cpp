@@ -108,8 +108,8 @@ void checkMemoryPlan(const FunctionSignature &sig) {
   std::sort(order.begin(), order.end(),
             [](auto *x, auto *y) { return x->offset < y->offset; });
   for (size_t i = 0; i < order.size(); ++i)
-    for (size_t j = i + 1;
-         j < order.size() && order[j]->offset < order[i]->offset + order[i]->size;
+    for (size_t j = i + 1; j < order.size() &&
+                           order[j]->offset < order[i]->offset + order[i]->size;
          ++j)
       if (order[i]->first <= order[j]->last &&
           order[j]->first <= order[i]->last)

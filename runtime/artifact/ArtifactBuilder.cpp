@@ -298,9 +298,9 @@ ArtifactBuilder::Impl::buildManifest(const std::vector<fb::Blob> &blobs) const {
           d.constants.empty() ? 0 : b.CreateVector(d.constants),
           b.CreateString(d.op)));
     }
-    entryOffs.push_back(fb::CreateEntryPoint(
-        b, name, args, results, b.CreateVector(dispatches), e.arenaBytes,
-        e.scheduleLength));
+    entryOffs.push_back(fb::CreateEntryPoint(b, name, args, results,
+                                             b.CreateVector(dispatches),
+                                             e.arenaBytes, e.scheduleLength));
   }
 
   std::vector<flatbuffers::Offset<fb::Executable>> execOffs;

@@ -167,8 +167,8 @@ struct EntryPointInfo {
   std::vector<TensorSignature> arguments;
   std::vector<TensorSignature> results;
   std::vector<DispatchInfo> dispatches; // in execution order
-  uint64_t arenaBytes = 0;     // the part of the arena it uses
-  uint32_t scheduleLength = 0; // positions of SlotInfo::schedule*
+  uint64_t arenaBytes = 0;              // the part of the arena it uses
+  uint32_t scheduleLength = 0;          // positions of SlotInfo::schedule*
 };
 
 /// A transient buffer in the arena, live over dispatches
