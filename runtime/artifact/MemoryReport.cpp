@@ -39,6 +39,29 @@ std::string gib(uint64_t bytes) {
 
 } // namespace
 
+std::vector<uint64_t> liveBytes(const std::vector<Lifetime> &buffers,
+                                uint32_t length, uint32_t &peak) {
+  length = std::max<uint32_t>(length, 1);
+  std::vector<int64_t> delta(size_t(length) + 1, 0);
+  for (const Lifetime &b : buffers) {
+    uint32_t first = std::min(b.first, length - 1);
+    uint32_t last = std::min(b.last, length - 1);
+    delta[first] += int64_t(b.size);
+    delta[size_t(last) + 1] -= int64_t(b.size);
+  }
+  std::vector<uint64_t> live;
+  live.reserve(length);
+  int64_t bytes = 0;
+  peak = 0;
+  for (uint32_t p = 0; p < length; ++p) {
+    bytes += delta[p];
+    live.push_back(uint64_t(bytes));
+    if (live[p] > live[peak])
+      peak = p;
+  }
+  return live;
+}
+
 MemoryReport memoryReport(const Artifact &a) {
   MemoryReport r;
   for (size_t i = 0; i < a.numParameters(); ++i) {
@@ -80,27 +103,17 @@ MemoryReport memoryReport(const Artifact &a) {
     m.name = str(ep.name());
     m.arenaBytes = ep.arena_bytes();
     m.scheduleLength = std::max<uint32_t>(ep.schedule_length(), 1);
-    std::vector<int64_t> delta(size_t(m.scheduleLength) + 1, 0);
+    std::vector<Lifetime> lifetimes;
     for (uint32_t i = 0; plan && i < count(plan->slots()); ++i) {
       const fb::Slot *s = plan->slots()->Get(i);
       if (s->entry_point() != e)
         continue;
       ++m.buffers;
       m.bufferBytes += s->size();
-      uint32_t begin = std::min(s->schedule_begin(), m.scheduleLength - 1);
-      uint32_t end = std::min(s->schedule_end(), m.scheduleLength - 1);
-      delta[begin] += int64_t(s->size());
-      delta[end + 1] -= int64_t(s->size());
+      lifetimes.push_back({s->size(), s->schedule_begin(), s->schedule_end()});
     }
-    int64_t live = 0;
-    for (uint32_t p = 0; p < m.scheduleLength; ++p) {
-      live += delta[p];
-      m.live.push_back(uint64_t(live));
-      if (uint64_t(live) > m.peakLive) {
-        m.peakLive = uint64_t(live);
-        m.peakPosition = p;
-      }
-    }
+    m.live = liveBytes(lifetimes, m.scheduleLength, m.peakPosition);
+    m.peakLive = m.live[m.peakPosition];
     r.entries.push_back(std::move(m));
   }
   return r;

@@ -19,6 +19,18 @@ namespace bitloom::blm {
 
 class Artifact;
 
+/// A buffer live over the inclusive schedule positions [first, last].
+struct Lifetime {
+  uint64_t size = 0;
+  uint32_t first = 0, last = 0;
+};
+
+/// Bytes live at each of `length` schedule positions (positions past the
+/// end are clamped to the last); `peak` gets the first position of the
+/// maximum.
+std::vector<uint64_t> liveBytes(const std::vector<Lifetime> &buffers,
+                                uint32_t length, uint32_t &peak);
+
 struct EntryMemory {
   std::string name;
   uint64_t arenaBytes = 0;

@@ -15,6 +15,7 @@
 #include "Commands.h"
 
 #include "artifact/ArtifactBuilder.h"
+#include "artifact/MemoryReport.h"
 #include "codegen/cpu/CompileCpu.h"
 #include "formats/Error.h"
 #include "formats/MappedFile.h"
@@ -192,22 +193,23 @@ printPeakBuffers(const std::vector<codegen::cpu::FunctionSignature> &sigs) {
       top = &f;
   if (!top || top->buffers.empty())
     return;
-  std::vector<int64_t> live(size_t(top->scheduleLength) + 1, 0);
+  std::vector<blm::Lifetime> lifetimes;
   for (const codegen::cpu::PlannedBuffer &b : top->buffers)
-    for (int64_t p = b.first; p <= b.last && p < int64_t(live.size()); ++p)
-      live[size_t(p)] += b.size;
-  int64_t peak =
-      int64_t(std::max_element(live.begin(), live.end()) - live.begin());
+    lifetimes.push_back(
+        {uint64_t(b.size), uint32_t(b.first), uint32_t(b.last)});
+  uint32_t peak = 0;
+  std::vector<uint64_t> live =
+      blm::liveBytes(lifetimes, uint32_t(top->scheduleLength), peak);
   std::vector<const codegen::cpu::PlannedBuffer *> atPeak;
   for (const codegen::cpu::PlannedBuffer &b : top->buffers)
-    if (b.first <= peak && peak <= b.last)
+    if (b.first <= int64_t(peak) && int64_t(peak) <= b.last)
       atPeak.push_back(&b);
   std::stable_sort(atPeak.begin(), atPeak.end(),
                    [](auto *x, auto *y) { return x->size > y->size; });
   std::printf("@%s: arena %lld bytes, peak live %lld bytes at schedule "
               "position %lld of %lld; largest live buffers there:\n",
               top->name.c_str(), (long long)top->arenaBytes,
-              (long long)live[size_t(peak)], (long long)peak,
+              (long long)live[peak], (long long)peak,
               (long long)top->scheduleLength);
   for (size_t i = 0; i < atPeak.size() && i < 10; ++i)
     std::printf("  %12lld bytes  live %lld..%lld  %s\n",
