@@ -13,6 +13,7 @@ packages=(
   flatbuffers-compiler libflatbuffers-dev
   python3 python3-numpy python3-torch
   g++-aarch64-linux-gnu qemu-user file
+  libvulkan-dev mesa-vulkan-drivers
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -48,14 +48,21 @@ struct GenerateArgs {
   int threads = 0;
 };
 
+struct DevicesArgs {
+  bool json = false;
+  std::string profile;
+};
+
 void addTrainCommand(CLI::App &app, TrainArgs &args);
 void addEvalCommand(CLI::App &app, EvalArgs &args);
 void addBenchCommand(CLI::App &app, BenchArgs &args);
 void addGenerateCommand(CLI::App &app, GenerateArgs &args);
+void addDevicesCommand(CLI::App &app, DevicesArgs &args);
 int runTrain(const TrainArgs &args);
 int runEval(const EvalArgs &args);
 int runBench(const BenchArgs &args);
 int runGenerate(const GenerateArgs &args);
+int runDevices(const DevicesArgs &args);
 
 /// --threads: sets the micro-kernels' thread count (0: their default) and
 /// returns the count in effect.

@@ -8,6 +8,7 @@
 //   bitloom-run eval  model.blm --data FILE [--adapter PATH] [--json]
 //   bitloom-run bench model.blm [--entry train_step] [--steps N] [--json]
 //   bitloom-run generate model.blm --prompt TEXT [--adapter PATH] [--chat]
+//   bitloom-run devices [--json] [--profile NAME]
 //
 // Every error in user input prints one line "error: <file>: <field>: <what>"
 // and exits with status 1. docs/runtime.md describes the commands.
@@ -48,16 +49,18 @@ int applyThreads(int threads) {
 int main(int argc, char **argv) {
   using namespace bitloom::run;
   CLI::App app{"bitloom-run: run a compiled bitloom artifact (train, eval, "
-               "bench, generate)"};
+               "bench, generate, devices)"};
   app.require_subcommand(1);
   TrainArgs train;
   EvalArgs eval;
   BenchArgs bench;
   GenerateArgs generate;
+  DevicesArgs devices;
   addTrainCommand(app, train);
   addEvalCommand(app, eval);
   addBenchCommand(app, bench);
   addGenerateCommand(app, generate);
+  addDevicesCommand(app, devices);
   CLI11_PARSE(app, argc, argv);
   try {
     if (app.got_subcommand("train"))
@@ -68,6 +71,8 @@ int main(int argc, char **argv) {
       return runBench(bench);
     if (app.got_subcommand("generate"))
       return runGenerate(generate);
+    if (app.got_subcommand("devices"))
+      return runDevices(devices);
   } catch (const std::exception &e) {
     std::fflush(stdout);
     std::fprintf(stderr, "error: %s\n", e.what());
