@@ -202,6 +202,14 @@ VulkanInstance::~VulkanInstance() = default;
 
 uint32_t VulkanInstance::apiVersion() const { return impl->apiVersion; }
 
+void *VulkanInstance::nativeHandle() const {
+  return reinterpret_cast<void *>(impl->instance);
+}
+
+void *VulkanInstance::getInstanceProcAddr() const {
+  return reinterpret_cast<void *>(impl->api.getInstanceProcAddr);
+}
+
 std::vector<DeviceInfo> VulkanInstance::devices() const {
   uint32_t count = 0;
   check(impl->api.enumeratePhysicalDevices(impl->instance, &count, nullptr),

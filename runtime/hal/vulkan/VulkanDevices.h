@@ -69,6 +69,21 @@ public:
   using std::runtime_error::runtime_error;
 };
 
+/// VK_ERROR_OUT_OF_DEVICE_MEMORY / VK_ERROR_OUT_OF_HOST_MEMORY, or a request
+/// larger than any heap; e.g. "vkAllocateMemory: out of device memory
+/// (requested 2.00 GiB)".
+class VulkanOutOfMemory : public VulkanError {
+public:
+  using VulkanError::VulkanError;
+};
+
+/// VK_ERROR_DEVICE_LOST: the device (or its driver) gave up; nothing on this
+/// device can be used afterwards.
+class VulkanDeviceLost : public VulkanError {
+public:
+  using VulkanError::VulkanError;
+};
+
 /// A VkInstance on the dynamically loaded Vulkan loader; destroys the
 /// instance and unloads the loader when destroyed.
 class VulkanInstance {
@@ -84,6 +99,13 @@ public:
   uint32_t apiVersion() const;
   /// Every physical device, in enumeration order.
   std::vector<DeviceInfo> devices() const;
+
+  /// For the rest of the backend (VulkanContext), which loads its entry
+  /// points through this instance: the VkInstance and the loader's
+  /// vkGetInstanceProcAddr, as opaque pointers so that this header needs no
+  /// Vulkan headers.
+  void *nativeHandle() const;
+  void *getInstanceProcAddr() const;
 
 private:
   struct Impl;
