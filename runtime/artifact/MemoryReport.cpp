@@ -31,13 +31,13 @@ const fb::EntryPoint *trainingEntry(const Artifact &a) {
   return a.numEntryPoints() ? &a.entryPoint(0) : nullptr;
 }
 
-std::string gib(uint64_t bytes) {
+} // namespace
+
+std::string formatGiB(uint64_t bytes) {
   char buf[32];
   std::snprintf(buf, sizeof(buf), "%.3f GiB", double(bytes) / (1ull << 30));
   return buf;
 }
-
-} // namespace
 
 std::vector<uint64_t> liveBytes(const std::vector<Lifetime> &buffers,
                                 uint32_t length, uint32_t &peak) {
@@ -121,7 +121,8 @@ MemoryReport memoryReport(const Artifact &a) {
 
 void printMemoryReport(const Artifact &a, const MemoryReport &r,
                        std::ostream &os, size_t largest) {
-  os << "peak total: " << r.total() << " bytes (" << gib(r.total()) << ")\n";
+  os << "peak total: " << r.total() << " bytes (" << formatGiB(r.total())
+     << ")\n";
   os << "  weights (mapped):      " << formatBytes(r.weightBytes)
      << " = packed ternary " << formatBytes(r.ternaryBytes) << " + bf16 "
      << formatBytes(r.bf16Bytes) << " + f32 " << formatBytes(r.f32Bytes);
@@ -136,7 +137,7 @@ void printMemoryReport(const Artifact &a, const MemoryReport &r,
   CompileOptions options = a.compileOptions();
   if (options.memoryBudget)
     os << "compiled for a memory budget of " << options.memoryBudget
-       << " bytes (" << gib(options.memoryBudget)
+       << " bytes (" << formatGiB(options.memoryBudget)
        << "), recompute: " << (options.recompute ? "yes" : "no") << "\n";
   os << "entry points:\n";
   const EntryMemory *biggest = nullptr;
@@ -189,7 +190,7 @@ std::string memorySvg(const Artifact &a, const MemoryReport &r) {
       << "\" height=\"" << height << "\" font-family=\"sans-serif\" "
       << "font-size=\"12\">\n";
   svg << "<text x=\"" << left << "\" y=\"18\">" << a.path()
-      << ": memory over the schedule (peak total " << gib(r.total())
+      << ": memory over the schedule (peak total " << formatGiB(r.total())
       << ")</text>\n";
   int y0 = top;
   for (const EntryMemory &m : r.entries) {
@@ -198,7 +199,7 @@ std::string memorySvg(const Artifact &a, const MemoryReport &r) {
       return y0 + 20 + plotH - int(double(bytes) / double(yMax) * plotH);
     };
     svg << "<text x=\"" << left << "\" y=\"" << y0 + 12 << "\">" << m.name
-        << ": weights + state " << gib(base) << ", arena "
+        << ": weights + state " << formatGiB(base) << ", arena "
         << formatBytes(m.arenaBytes) << ", peak live "
         << formatBytes(m.peakLive) << "</text>\n";
     // The constant part, then live transients on top of it.
@@ -214,7 +215,7 @@ std::string memorySvg(const Artifact &a, const MemoryReport &r) {
         << yOf(base + m.arenaBytes) << "\" y2=\"" << yOf(base + m.arenaBytes)
         << "\" stroke=\"#555\" stroke-dasharray=\"4 3\"/>\n";
     svg << "<text x=\"4\" y=\"" << yOf(base + m.arenaBytes) + 4 << "\">"
-        << gib(base + m.arenaBytes) << "</text>\n";
+        << formatGiB(base + m.arenaBytes) << "</text>\n";
     svg << "<text x=\"4\" y=\"" << yOf(0) << "\">0</text>\n";
     svg << "<text x=\"" << left + plotW - 120 << "\" y=\"" << yOf(0) + 14
         << "\">schedule (" << m.scheduleLength << " ops)</text>\n";

@@ -59,6 +59,9 @@ struct MemoryReport {
 
 MemoryReport memoryReport(const Artifact &artifact);
 
+/// "2.127 GiB": the unit memory totals are reported in.
+std::string formatGiB(uint64_t bytes);
+
 /// Prints the report; the first line is `peak total: N bytes (X GiB)`.
 /// `largest` buffers are listed at the peak of the entry point with the
 /// largest arena.

@@ -177,12 +177,6 @@ plannedMemory(const std::vector<codegen::cpu::FunctionSignature> &sigs) {
   return m;
 }
 
-static std::string gibText(uint64_t bytes) {
-  char text[32];
-  std::snprintf(text, sizeof(text), "%.3f GiB", double(bytes) / (1ull << 30));
-  return text;
-}
-
 /// The buffers live at the peak of the entry point with the largest arena,
 /// largest first: what `--plan-only` shows so a budget can be judged.
 static void
@@ -256,7 +250,8 @@ static int64_t chooseRecompute(mlir::ModuleOp module, int64_t numLayers,
     if (verbose)
       std::printf("plan: %s: %s (arena %s)\n",
                   recomputeLabel(layers, numLayers).c_str(),
-                  gibText(m.total()).c_str(), gibText(m.arena).c_str());
+                  blm::formatGiB(m.total()).c_str(),
+                  blm::formatGiB(m.arena).c_str());
     return tried[layers] = m;
   };
   if (plan(0).total() <= budget)
@@ -266,12 +261,13 @@ static int64_t chooseRecompute(mlir::ModuleOp module, int64_t numLayers,
     throw FormatError(
         model, "--memory-budget",
         "the step needs " + std::to_string(all.total()) + " bytes (" +
-            gibText(all.total()) + ") even recomputing all " +
+            blm::formatGiB(all.total()) + ") even recomputing all " +
             std::to_string(numLayers) +
             " layers: " + std::to_string(all.total() - budget) +
             " bytes over the budget of " + std::to_string(budget) +
-            " (weights " + gibText(all.weights) + ", trainable state " +
-            gibText(all.state) + ", arena " + gibText(all.arena) + ")");
+            " (weights " + blm::formatGiB(all.weights) + ", trainable state " +
+            blm::formatGiB(all.state) + ", arena " + blm::formatGiB(all.arena) +
+            ")");
   // The peak falls as layers are recomputed: binary search the fewest.
   int64_t lo = 1, hi = numLayers;
   while (lo < hi) {
@@ -338,7 +334,7 @@ static int compileCpuArtifact(CompileArgs &args, const Model &model,
   recompute(module, layers, args.model);
   if (layers != 0 && !args.planOnly)
     std::printf("to fit the memory budget (%s): %s in the backward\n",
-                gibText(budget).c_str(),
+                blm::formatGiB(budget).c_str(),
                 recomputeLabel(layers, numLayers).c_str());
   if (args.planOnly) {
     std::vector<codegen::cpu::FunctionSignature> sigs =
@@ -347,7 +343,8 @@ static int compileCpuArtifact(CompileArgs &args, const Model &model,
     printPeakBuffers(sigs);
     std::printf("planned peak total: %llu bytes (%s) with %s: weights %llu, "
                 "trainable state %llu, step inputs/outputs %llu, arena %llu\n",
-                (unsigned long long)m.total(), gibText(m.total()).c_str(),
+                (unsigned long long)m.total(),
+                blm::formatGiB(m.total()).c_str(),
                 recomputeLabel(layers, numLayers).c_str(),
                 (unsigned long long)m.weights, (unsigned long long)m.state,
                 (unsigned long long)m.io, (unsigned long long)m.arena);
