@@ -107,6 +107,8 @@ struct Scalar {
 /// frozen bf16 embeddings / LM heads (bf16-params) arrive as bf16 and their
 /// products call bitloom_uk_matmul_f32_bf16b.
 struct UkernelContext {
+  /// Operands are memrefs, not pointers (ukernel-memrefs).
+  bool memrefs = false;
   /// Packed weight argument -> its multiplier argument.
   llvm::DenseMap<Value, Value> multiplierOf;
   /// External functions the calls need, declared once per module.
@@ -235,13 +237,26 @@ private:
     return arith::ConstantOp::create(b, loc, b.getI32IntegerAttr(v));
   }
   Type ptrType() { return LLVM::LLVMPointerType::get(ctx()); }
-  Value nullPointer() { return LLVM::ZeroOp::create(b, loc, ptrType()); }
+  /// Memref calls leave absent operands out (a null Value).
+  Value nullPointer() {
+    if (uk && uk->memrefs)
+      return Value();
+    return LLVM::ZeroOp::create(b, loc, ptrType());
+  }
   MemRefType bufferType(Value tensor) {
     auto t = cast<RankedTensorType>(tensor.getType());
     return MemRefType::get(t.getShape(), t.getElementType());
   }
   /// The address of a buffer's first element.
   Value bufferAddress(Value memref) {
+    // One declaration serves every call: static shapes are cast away (the
+    // sizes are operands anyway) and recovered through the cast.
+    if (uk && uk->memrefs) {
+      auto type = cast<MemRefType>(memref.getType());
+      SmallVector<int64_t> dynamic(type.getRank(), ShapedType::kDynamic);
+      return memref::CastOp::create(
+          b, loc, MemRefType::get(dynamic, type.getElementType()), memref);
+    }
     auto meta = memref::ExtractStridedMetadataOp::create(b, loc, memref);
     Value base = memref::ExtractAlignedPointerAsIndexOp::create(
         b, loc, meta.getBaseBuffer());
@@ -273,11 +288,15 @@ private:
         memref, /*restrict=*/true, /*writable=*/true);
   }
   void callUkernel(StringRef name, ArrayRef<Value> operands) {
+    SmallVector<Value> present;
     SmallVector<Type> types;
     for (Value v : operands)
-      types.push_back(v.getType());
+      if (v) {
+        present.push_back(v);
+        types.push_back(v.getType());
+      }
     uk->declarations[name] = FunctionType::get(ctx(), types, {});
-    func::CallOp::create(b, loc, name, TypeRange{}, operands);
+    func::CallOp::create(b, loc, name, TypeRange{}, present);
   }
   SmallVector<Value> attentionShape(Value q, Value k, int64_t heads,
                                     int64_t kvHeads, int64_t headDim,
@@ -941,7 +960,9 @@ Value Lowering::bitlinearGradInput(BitLinearGradInputOp op) {
   if (isPacked(op.getWeight())) {
     // The transposed product on packed weights: dx = multiplier · Σ dy·t.
     Value w = op.getWeight();
-    Value multiplier = extractScalar(uk->multiplierOf.lookup(w));
+    Value multiplier = uk->memrefs
+                           ? pointerTo(uk->multiplierOf.lookup(w))
+                           : extractScalar(uk->multiplierOf.lookup(w));
     int64_t n = shapeOf(dy)[0], o = shapeOf(dy)[1],
             i = cast<RankedTensorType>(op.getType()).getShape().back();
     Value out;
@@ -1132,8 +1153,12 @@ SmallVector<Value> Lowering::linearCrossEntropy(LinearCrossEntropyOp op) {
     gradPtr = lossGradPtr = nullPointer();
   }
   Value blockPtr = newBuffer({blockRows, v}, f32(), blockBuffer);
-  callUkernel(bf16 ? "bitloom_uk_linear_cross_entropy_bf16w"
-                   : "bitloom_uk_linear_cross_entropy",
+  // Memref calls name the loss-only form apart: it has fewer operands.
+  std::string name = bf16 ? "bitloom_uk_linear_cross_entropy_bf16w"
+                          : "bitloom_uk_linear_cross_entropy";
+  if (uk->memrefs && !training)
+    name += "_loss";
+  callUkernel(name,
               {pointerTo(x), pointerTo(w), pointerTo(labels), pointerTo(mask),
                lossGradPtr, lossPtr, gradPtr, blockPtr, i64(n), i64(v), i64(k),
                i64(blockRows)});
@@ -1356,6 +1381,7 @@ public:
   void runOnOperation() override {
     ModuleOp module = getOperation();
     UkernelContext context;
+    context.memrefs = ukernelMemrefs;
     UkernelContext *uk = ukernels ? &context : nullptr;
     llvm::StringSet<> bf16Names;
     for (const std::string &name : bf16Params)

@@ -135,11 +135,22 @@ def LoomLowerToLinalg : Pass<"loom-lower-to-linalg", "mlir::ModuleOp"> {
     (`loom.packing = "bf16"`): the gather widens its rows to f32 exactly
     (`arith.extf`) and the products read it as it is
     (`bitloom_uk_matmul_f32_bf16b` with `ukernels`). Others stay f32.
+
+    With `ukernel-memrefs` too, a micro-kernel call takes the buffers as
+    memrefs instead of raw pointers, leaves absent optional pointers out
+    (the loss-only `bitloom_uk_linear_cross_entropy` has 10 operands, not
+    12) and passes a scalar held in a 0-d tensor (the packed weight's
+    multiplier of `bitloom_uk_ternary_matmul_t`) as its `memref<f32>`: the
+    form GPU code generation turns into dispatches of its own kernels.
   }];
   let options = [
     Option<"ukernels", "ukernels", "bool", /*default=*/"false",
            "call the runtime's CPU micro-kernels and pass frozen bitlinear "
            "weights packed (2 bits per weight)">,
+    Option<"ukernelMemrefs", "ukernel-memrefs", "bool", /*default=*/"false",
+           "pass micro-kernel operands as the memrefs themselves (no raw "
+           "pointers; optional operands left out, tensor-held scalars as 0-d "
+           "memrefs): the form GPU targets replace by their own kernels">,
     ListOption<"bf16Params", "bf16-params", "std::string",
                "frozen parameters (by name) stored in bf16 to pass as bf16 "
                "when only embeddings and LM-head products use them">

@@ -13,7 +13,7 @@ packages=(
   flatbuffers-compiler libflatbuffers-dev
   python3 python3-numpy python3-torch
   g++-aarch64-linux-gnu qemu-user file
-  libvulkan-dev mesa-vulkan-drivers
+  libvulkan-dev mesa-vulkan-drivers spirv-tools
 )
 missing=()
 for p in "${packages[@]}"; do
