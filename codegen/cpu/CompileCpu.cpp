@@ -125,7 +125,8 @@ OwningOpRef<ModuleOp> lowerEntries(ModuleOp source,
                                    const std::vector<std::string> &entries,
                                    const std::vector<std::string> &bf16Weights,
                                    bool toLLVM,
-                                   std::vector<FunctionSignature> &signatures) {
+                                   std::vector<FunctionSignature> &signatures,
+                                   bool ukernelMemrefs = false) {
   MLIRContext *context = source.getContext();
   DialectRegistry registry;
   registerCpuLoweringDependencies(registry);
@@ -144,6 +145,7 @@ OwningOpRef<ModuleOp> lowerEntries(ModuleOp source,
     PassManager pm(context);
     LoomLowerToLinalgOptions lowering;
     lowering.ukernels = true;
+    lowering.ukernelMemrefs = ukernelMemrefs;
     for (std::string &name : frozenAmong(*module, bf16Weights))
       lowering.bf16Params.push_back(std::move(name));
     pm.addPass(createLoomFuseLinearCrossEntropy());
@@ -197,6 +199,14 @@ OwningOpRef<ModuleOp> lowerEntries(ModuleOp source,
 }
 
 } // namespace
+
+OwningOpRef<ModuleOp>
+planModule(ModuleOp source, const std::vector<std::string> &entries,
+           const std::vector<std::string> &bf16Weights, bool ukernelMemrefs,
+           std::vector<FunctionSignature> &signatures) {
+  return lowerEntries(source, entries, bf16Weights, /*toLLVM=*/false,
+                      signatures, ukernelMemrefs);
+}
 
 std::vector<FunctionSignature>
 planForCpu(ModuleOp source, const std::vector<std::string> &entries,

@@ -13,6 +13,7 @@
 #include "codegen/native/NativeEmitter.h"
 
 #include "mlir/IR/BuiltinOps.h"
+#include "mlir/IR/OwningOpRef.h"
 
 #include <cstdint>
 #include <string>
@@ -88,6 +89,15 @@ compileForCpu(mlir::ModuleOp module, const native::NativeTarget &target,
 std::vector<FunctionSignature>
 planForCpu(mlir::ModuleOp module, const std::vector<std::string> &entries,
            const std::vector<std::string> &bf16Weights = {});
+
+/// The module planForCpu plans, kept: `entries` of `module` through
+/// -loom-plan-arena, their signatures in `signatures`. GPU targets start
+/// from it with `ukernelMemrefs` (micro-kernel calls on memrefs, which they
+/// replace by their own kernels).
+mlir::OwningOpRef<mlir::ModuleOp>
+planModule(mlir::ModuleOp module, const std::vector<std::string> &entries,
+           const std::vector<std::string> &bf16Weights, bool ukernelMemrefs,
+           std::vector<FunctionSignature> &signatures);
 
 } // namespace bitloom::codegen::cpu
 

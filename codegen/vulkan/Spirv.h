@@ -23,7 +23,8 @@ namespace bitloom::codegen::vulkan {
 
 /// One compute shader: a SPIR-V module with one entry point.
 struct SpirvKernel {
-  std::string name;                     // the gpu.func / entry point name
+  std::string name;                     // the gpu.module's (unique) name
+  std::string entryPoint;               // the gpu.func's name
   std::vector<uint32_t> words;          // the optimized, validated binary
   std::array<int64_t, 3> workgroupSize; // local size
   unsigned numBuffers = 0;              // storage buffers at bindings 0..n-1

@@ -5,7 +5,8 @@
 // Reports the median step time, tokens/s (tokens per call / median), the
 // peak resident set (getrusage ru_maxrss) and planned_bytes: the memory
 // plan's arena, every parameter blob, and every buffer the runtime
-// allocates (state, and each prepared entry point's inputs and results).
+// allocates (state, and each prepared entry point's inputs and results); on
+// a Vulkan device, the device memory of the same (weights as uploaded).
 //
 //===----------------------------------------------------------------------===//
 #include "Commands.h"
@@ -72,6 +73,7 @@ void addBenchCommand(CLI::App &app, BenchArgs &a) {
       ->capture_default_str();
   cmd->add_option("--threads", a.threads, "micro-kernel threads (0: default)")
       ->capture_default_str();
+  addDeviceOption(*cmd, a.device);
   cmd->add_option("--seed", a.seed, "seed of the synthetic batch")
       ->capture_default_str();
   cmd->add_flag("--json", a.json, "one JSON object per entry point and line");
@@ -83,7 +85,7 @@ int runBench(const BenchArgs &a) {
   if (a.warmup < 0)
     throw FormatError("", "--warmup", "must not be negative");
   int threads = applyThreads(a.threads);
-  Session session(a.artifact);
+  Session session(a.artifact, deviceOptions(a.device));
   std::vector<std::string> names = a.entries;
   if (names.empty())
     names = {"train_step"};
@@ -130,15 +132,21 @@ int runBench(const BenchArgs &a) {
       j["peak_rss_bytes"] = rss;
       j["planned_bytes"] = planned;
       j["threads"] = threads;
+      if (session.onVulkan())
+        j["device"] = session.backendDescription();
       std::printf("%s\n", j.dump().c_str());
     } else {
+      std::string where = session.onVulkan()
+                              ? "on " + session.backendDescription()
+                              : std::to_string(threads) +
+                                    (threads == 1 ? " thread" : " threads");
       std::printf("%s: median %.3f ms/step (min %.3f, max %.3f) over %lld "
                   "steps, %.0f tokens/s, peak RSS %.1f MiB, planned %.1f "
-                  "MiB, %d thread%s\n",
+                  "MiB%s, %s\n",
                   e->name().c_str(), median, ms.front(), ms.back(),
                   (long long)a.steps, tps, double(rss) / (1 << 20),
-                  double(planned) / (1 << 20), threads,
-                  threads == 1 ? "" : "s");
+                  double(planned) / (1 << 20),
+                  session.onVulkan() ? " of device memory" : "", where.c_str());
     }
     std::fflush(stdout);
   }

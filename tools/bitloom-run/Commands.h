@@ -22,12 +22,14 @@ struct TrainArgs {
   std::string resume, adapter, progress = "auto";
   bool exportGguf = false;
   int threads = 0;
+  int64_t device = -1; ///< --device; -1: not given
 };
 
 struct EvalArgs {
   std::string artifact, data, adapter, format = "auto";
   bool json = false;
   int threads = 0;
+  int64_t device = -1; ///< --device; -1: not given
 };
 
 struct BenchArgs {
@@ -37,6 +39,7 @@ struct BenchArgs {
   uint64_t seed = 0;
   bool json = false;
   int threads = 0;
+  int64_t device = -1; ///< --device; -1: not given
 };
 
 struct GenerateArgs {
@@ -46,6 +49,7 @@ struct GenerateArgs {
   uint64_t seed = 0;
   bool chat = false, printIds = false;
   int threads = 0;
+  int64_t device = -1; ///< --device; -1: not given
 };
 
 struct DevicesArgs {
@@ -67,6 +71,9 @@ int runDevices(const DevicesArgs &args);
 /// --threads: sets the micro-kernels' thread count (0: their default) and
 /// returns the count in effect.
 int applyThreads(int threads);
+
+/// --device N: the Vulkan device a vulkan-* artifact runs on.
+void addDeviceOption(CLI::App &cmd, int64_t &device);
 
 } // namespace bitloom::run
 

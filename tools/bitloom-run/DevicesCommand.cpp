@@ -92,6 +92,9 @@ nlohmann::ordered_json toJson(const DeviceInfo &d) {
   j["max_compute_work_group_invocations"] = d.maxComputeWorkGroupInvocations;
   j["max_compute_work_group_size"] = d.maxComputeWorkGroupSize;
   j["max_storage_buffer_range"] = d.maxStorageBufferRange;
+  j["min_storage_buffer_offset_alignment"] = d.minStorageBufferOffsetAlignment;
+  j["max_compute_work_group_count"] = d.maxComputeWorkGroupCount;
+  j["max_push_constants_size"] = d.maxPushConstantsSize;
   j["device_local_heap_size"] = d.deviceLocalHeapSize;
   j["profiles_met"] = profilesMet(d);
   return j;

@@ -32,12 +32,13 @@ void addEvalCommand(CLI::App &app, EvalArgs &a) {
                   "PEFT directory or GGUF LoRA file (default: none)");
   cmd->add_option("--threads", a.threads, "micro-kernel threads (0: default)")
       ->capture_default_str();
+  addDeviceOption(*cmd, a.device);
   cmd->add_flag("--json", a.json, "print one JSON object");
 }
 
 int runEval(const EvalArgs &a) {
   int threads = applyThreads(a.threads);
-  Session session(a.artifact);
+  Session session(a.artifact, deviceOptions(a.device));
   Entry &eval = session.entry("eval_step");
   trainer::Dataset dataset = session.loadDataset(a.data, a.format);
   session.initFresh(0); // LoRA B = 0: exactly the base model
@@ -75,6 +76,8 @@ int runEval(const EvalArgs &a) {
     j["perplexity"] =
         std::isfinite(ppl) ? nlohmann::ordered_json(ppl) : nullptr;
     j["threads"] = threads;
+    if (session.onVulkan())
+      j["device"] = session.backendDescription();
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("%s\n", dataset.stats().summary().c_str());

@@ -44,6 +44,7 @@ void addGenerateCommand(CLI::App &app, GenerateArgs &a) {
   cmd->add_flag("--ids", a.printIds, "also print the generated ids");
   cmd->add_option("--threads", a.threads, "micro-kernel threads (0: default)")
       ->capture_default_str();
+  addDeviceOption(*cmd, a.device);
 }
 
 int runGenerate(const GenerateArgs &a) {
@@ -54,7 +55,7 @@ int runGenerate(const GenerateArgs &a) {
   if (!(a.temperature >= 0.0))
     throw FormatError("", "--temperature", "must not be negative");
   applyThreads(a.threads);
-  Session session(a.artifact);
+  Session session(a.artifact, deviceOptions(a.device));
   Entry &gen = session.entry("generate_step");
   HostBuffer &tokens = gen.requireInput("tokens");
   HostBuffer *positions = gen.input("positions");

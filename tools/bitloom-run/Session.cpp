@@ -5,13 +5,16 @@
 #include "hal/cpu/NativeLibrary.h"
 #include "tokenizer/Tokenizer.h"
 
+#ifdef BITLOOM_RUN_HAVE_VULKAN
+#include "hal/vulkan/VulkanExecutor.h"
+#endif
+
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#ifdef __GLIBC__
-#endif
 #include <random>
 
 namespace bitloom::run {
@@ -60,6 +63,17 @@ bool isState(blm::Role role) {
 }
 
 } // namespace
+
+SessionOptions deviceOptions(int64_t device) {
+  SessionOptions options;
+  if (device < -1 || device > int64_t(UINT32_MAX))
+    throw FormatError("", "--device",
+                      "must be a device index (`bitloom-run devices` lists "
+                      "them)");
+  if (device >= 0)
+    options.device = uint32_t(device);
+  return options;
+}
 
 std::string shapeText(const std::vector<int64_t> &shape) {
   std::string s = "[";
@@ -118,7 +132,8 @@ HostBuffer *Entry::result(const std::string &name) {
   if (it == resultIndex_.end())
     return nullptr;
   HostBuffer *state = resultState_[it->second];
-  return state ? state : &results_[it->second];
+  // State goes through the Session, which fetches it from the device.
+  return state ? session_->state(state->name()) : &results_[it->second];
 }
 
 float Entry::scalar(const std::string &name) {
@@ -178,8 +193,35 @@ int64_t Entry::tokensPerCall() const {
 // Session
 //===----------------------------------------------------------------------===//
 
-Session::Session(const std::string &path) : path_(path) {
+#ifdef BITLOOM_RUN_HAVE_VULKAN
+struct Session::Vulkan {
+  std::unique_ptr<vulkan::VulkanExecutor> executor;
+};
+#else
+struct Session::Vulkan {};
+#endif
+
+Session::Session(const std::string &path, const SessionOptions &options)
+    : path_(path) {
   artifact_ = blm::Artifact::open(path);
+  const std::string target = artifact_->target().name;
+  if (target.rfind("vulkan-", 0) == 0) {
+#ifdef BITLOOM_RUN_HAVE_VULKAN
+    vulkan::ExecutorOptions vo;
+    vo.deviceIndex = options.device.value_or(0);
+    vo.pipelineCachePath = options.pipelineCache;
+    vulkan_ = std::make_unique<Vulkan>();
+    vulkan_->executor =
+        std::make_unique<vulkan::VulkanExecutor>(*artifact_, std::move(vo));
+#else
+    throw FormatError(path_, "target.name",
+                      target + ": this bitloom-run was built without Vulkan");
+#endif
+  } else if (options.device) {
+    throw FormatError("", "--device",
+                      "selects a Vulkan device, but " + path_ + " targets " +
+                          target);
+  }
   blm::CompileOptions shape = artifact_->compileOptions();
   seqLen_ = int64_t(shape.seqLen);
   batch_ = int64_t(shape.batchSize);
@@ -350,6 +392,7 @@ Entry &Session::entry(const std::string &name) {
   auto e = std::make_unique<Entry>();
   e->name_ = name;
   e->sig_ = ep;
+  e->session_ = this;
   size_t nargs = ep->arguments() ? ep->arguments()->size() : 0;
   e->argSlot_.assign(nargs, -1);
   e->argState_.assign(nargs, "");
@@ -394,6 +437,12 @@ Entry &Session::entry(const std::string &name) {
         e->results_.push_back(std::move(b));
       }
     }
+  if (vulkan_) {
+    prepareOnDevice(*e);
+    Entry &ref = *e;
+    entries_[name] = std::move(e);
+    return ref;
+  }
   for (const blm::fb::Dispatch *d : *ep->dispatches()) {
     const blm::fb::Executable &exe = artifact_->executable(d->executable());
     const blm::fb::Kernel *kernel = exe.kernels()->Get(d->kernel());
@@ -414,6 +463,10 @@ Entry &Session::entry(const std::string &name) {
 }
 
 void Session::run(Entry &e) {
+  if (vulkan_) {
+    runOnDevice(e);
+    return;
+  }
   for (Entry::Call &call : e.calls_) {
     const auto *bindings = call.dispatch->bindings();
     for (uint32_t k = 0; bindings && k < bindings->size(); ++k) {
@@ -457,9 +510,167 @@ void Session::run(Entry &e) {
   }
 }
 
+//===----------------------------------------------------------------------===//
+// Vulkan
+//===----------------------------------------------------------------------===//
+
+bool Session::onVulkan() const { return vulkan_ != nullptr; }
+
+#ifdef BITLOOM_RUN_HAVE_VULKAN
+
+namespace {
+
+/// A state tensor's device range, whole 32-bit words (fill needs them; the
+/// executor's allocations are padded far beyond).
+vulkan::BufferRange wordRange(const vulkan::BufferRange &r, size_t bytes) {
+  return vulkan::BufferRange(r.buffer, r.offset, (bytes + 3) / 4 * 4);
+}
+
+} // namespace
+
+std::string Session::backendDescription() const {
+  if (!vulkan_)
+    return "CPU";
+  const vulkan::VulkanExecutor &ex = *vulkan_->executor;
+  return "Vulkan device " + std::to_string(ex.device().index) + " (" +
+         ex.device().name + "), profile " + ex.profile().name;
+}
+
+void Session::prepareOnDevice(Entry &e) {
+  vulkan::VulkanExecutor &ex = *vulkan_->executor;
+  auto stateRange = [&](const std::string &name) {
+    const HostBuffer &b = state_.at(name);
+    if (!ex.findState(name))
+      sync_[name] = Sync::HostNewer; // the device copy starts zeroed
+    vulkan::BufferRange r = ex.stateBuffer(name, b.bytes());
+    r.size = b.bytes();
+    return vulkan::TensorBinding::onDevice(r);
+  };
+  const size_t nargs = e.argSlot_.size(), nresults = e.results_.size();
+  std::vector<vulkan::TensorBinding> args(nargs), results(nresults);
+  for (size_t i = 0; i < nargs; ++i) {
+    if (e.argSlot_[i] >= 0) {
+      args[i] = vulkan::TensorBinding::streamed(
+          e.args_[size_t(e.argSlot_[i])].bytes());
+      continue;
+    }
+    args[i] = stateRange(e.argState_[i]);
+    e.stateUsed_.push_back(e.argState_[i]);
+  }
+  for (size_t i = 0; i < nresults; ++i) {
+    if (!e.resultState_[i]) {
+      results[i] = vulkan::TensorBinding::streamed(e.results_[i].bytes());
+      continue;
+    }
+    const std::string &name = e.resultState_[i]->name();
+    results[i] = stateRange(name);
+    e.stateUsed_.push_back(name);
+    e.stateWritten_.push_back(name);
+  }
+  e.device_ = &ex.prepare(e.name_, args, results);
+  for (size_t i = 0; i < nargs; ++i)
+    if (e.argSlot_[i] < 0 && e.device_->writesArgument(i))
+      e.stateWritten_.push_back(e.argState_[i]);
+  for (std::vector<std::string> *names : {&e.stateUsed_, &e.stateWritten_}) {
+    std::sort(names->begin(), names->end());
+    names->erase(std::unique(names->begin(), names->end()), names->end());
+  }
+}
+
+void Session::runOnDevice(Entry &e) {
+  vulkan::VulkanExecutor &ex = *vulkan_->executor;
+  try {
+    // State the host changed goes up first, in one batch.
+    std::vector<vulkan::HostCopy> ups;
+    std::vector<std::string> uploaded;
+    for (const std::string &name : e.stateUsed_) {
+      auto it = sync_.find(name);
+      if (it == sync_.end() || it->second != Sync::HostNewer)
+        continue;
+      HostBuffer &b = state_.at(name);
+      vulkan::BufferRange r = *ex.findState(name);
+      r.size = b.bytes();
+      ups.push_back({r, b.data()});
+      uploaded.push_back(name);
+    }
+    if (!ups.empty()) {
+      ex.upload(ups);
+      for (const std::string &name : uploaded) {
+        sync_[name] = Sync::Same;
+        transfers_.bytesUp += state_.at(name).bytes();
+      }
+      transfers_.uploads += ups.size();
+    }
+    for (size_t i = 0; i < e.argSlot_.size(); ++i)
+      if (e.argSlot_[i] >= 0) {
+        const HostBuffer &b = e.args_[size_t(e.argSlot_[i])];
+        std::memcpy(e.device_->input(i), b.data(), b.bytes());
+      }
+    ex.run(*e.device_);
+    for (size_t i = 0; i < e.results_.size(); ++i)
+      if (!e.resultState_[i])
+        std::memcpy(e.results_[i].data(), e.device_->output(i),
+                    e.results_[i].bytes());
+  } catch (const vulkan::VulkanError &err) {
+    throw DeviceError(err.what());
+  }
+  for (const std::string &name : e.stateWritten_)
+    sync_[name] = Sync::DeviceNewer;
+}
+
+void Session::pull(const std::vector<std::string> &names) const {
+  if (!vulkan_)
+    return;
+  vulkan::VulkanExecutor &ex = *vulkan_->executor;
+  std::vector<vulkan::HostCopy> downs;
+  std::vector<std::string> pulled;
+  for (const std::string &name : names) {
+    auto it = sync_.find(name);
+    if (it == sync_.end() || it->second != Sync::DeviceNewer)
+      continue;
+    HostBuffer &b = state_.at(name);
+    vulkan::BufferRange r = *ex.findState(name);
+    r.size = b.bytes();
+    downs.push_back({r, b.data()});
+    pulled.push_back(name);
+  }
+  if (downs.empty())
+    return;
+  try {
+    ex.download(downs);
+  } catch (const vulkan::VulkanError &err) {
+    throw DeviceError(err.what());
+  }
+  for (const std::string &name : pulled) {
+    sync_[name] = Sync::Same;
+    transfers_.bytesDown += state_.at(name).bytes();
+  }
+  transfers_.downloads += pulled.size();
+}
+
+void Session::hostWrote(const std::string &name) {
+  if (vulkan_)
+    sync_[name] = Sync::HostNewer;
+}
+
+#else
+
+std::string Session::backendDescription() const { return "CPU"; }
+void Session::prepareOnDevice(Entry &) {}
+void Session::runOnDevice(Entry &) {}
+void Session::pull(const std::vector<std::string> &) const {}
+void Session::hostWrote(const std::string &) {}
+
+#endif
+
 HostBuffer *Session::state(const std::string &name) {
   auto it = state_.find(name);
-  return it == state_.end() ? nullptr : &it->second;
+  if (it == state_.end())
+    return nullptr;
+  pull({name});
+  // A mutable reference: the caller may change it.
+  hostWrote(name);
+  return &it->second;
 }
 
 void Session::initFresh(uint64_t seed) {
@@ -486,10 +697,13 @@ void Session::initFresh(uint64_t seed) {
                           "the artifact's parameters");
       std::memcpy(b.data(), artifact_->parameterData(*p).data(), b.bytes());
     }
+    hostWrote(name);
   }
   for (auto &[name, b] : state_)
-    if (b.role() == blm::Role::OptimizerState)
+    if (b.role() == blm::Role::OptimizerState) {
       b.zero();
+      hostWrote(name);
+    }
 }
 
 void Session::setTensors(const trainer::TensorMap &tensors,
@@ -511,9 +725,11 @@ void Session::setTensors(const trainer::TensorMap &tensors,
     for (const std::string &name : params_)
       if (!tensors.count(name))
         throw FormatError(source, name, "missing");
-  for (const auto &[name, t] : tensors)
+  for (const auto &[name, t] : tensors) {
     std::memcpy(state_.at(name).data(), t.data.data(),
                 t.data.size() * sizeof(float));
+    hostWrote(name);
+  }
 }
 
 void Session::loadAdapter(const std::string &path) {
@@ -566,18 +782,53 @@ void Session::setOptimizerState(const trainer::TensorMap &tensors,
                         "shape " + shapeText(t.shape) + " but " + path_ +
                             " needs " + shapeText(it->second.shape()));
   }
-  for (const auto &[name, t] : tensors)
+  for (const auto &[name, t] : tensors) {
     std::memcpy(state_.at(name).data(), t.data.data(),
                 t.data.size() * sizeof(float));
+    hostWrote(name);
+  }
 }
 
 void Session::zeroState(const std::string &prefix) {
-  for (auto &[name, b] : state_)
-    if (name.rfind(prefix, 0) == 0)
-      b.zero();
+#ifdef BITLOOM_RUN_HAVE_VULKAN
+  // On the device, zeroed in place: no transfer (--grad-accum does this
+  // every optimizer step).
+  std::vector<vulkan::BufferRange> ranges;
+  std::vector<std::string> zeroed;
+#endif
+  for (auto &[name, b] : state_) {
+    if (name.rfind(prefix, 0) != 0)
+      continue;
+    b.zero();
+#ifdef BITLOOM_RUN_HAVE_VULKAN
+    if (vulkan_)
+      if (const vulkan::BufferRange *r = vulkan_->executor->findState(name)) {
+        ranges.push_back(wordRange(*r, b.bytes()));
+        zeroed.push_back(name);
+        continue;
+      }
+#endif
+    hostWrote(name);
+  }
+#ifdef BITLOOM_RUN_HAVE_VULKAN
+  if (ranges.empty())
+    return;
+  try {
+    vulkan_->executor->fill(ranges);
+  } catch (const vulkan::VulkanError &err) {
+    throw DeviceError(err.what());
+  }
+  for (const std::string &name : zeroed)
+    sync_[name] = Sync::Same;
+#endif
 }
 
 trainer::TensorMap Session::trainables(bool loraOnly) const {
+  std::vector<std::string> names;
+  for (const std::string &name : params_)
+    if (!loraOnly || name.find(".lora_") != std::string::npos)
+      names.push_back(name);
+  pull(names);
   trainer::TensorMap out;
   for (const std::string &name : params_) {
     if (loraOnly && name.find(".lora_") == std::string::npos)
@@ -590,6 +841,11 @@ trainer::TensorMap Session::trainables(bool loraOnly) const {
 }
 
 trainer::TensorMap Session::optimizerState() const {
+  std::vector<std::string> names;
+  for (const auto &[name, b] : state_)
+    if (b.role() == blm::Role::OptimizerState && name.rfind("grad.", 0) != 0)
+      names.push_back(name);
+  pull(names);
   trainer::TensorMap out;
   for (const auto &[name, b] : state_)
     if (b.role() == blm::Role::OptimizerState && name.rfind("grad.", 0) != 0)
@@ -622,6 +878,10 @@ trainer::CheckpointIdentity Session::identity() const {
 }
 
 uint64_t Session::plannedBytes() const {
+#ifdef BITLOOM_RUN_HAVE_VULKAN
+  if (vulkan_)
+    return vulkan_->executor->memory().device();
+#endif
   uint64_t n = 0;
   if (const blm::fb::MemoryPlan *plan = artifact_->memoryPlan())
     n += plan->arena_size();

@@ -1,8 +1,9 @@
 //===- Session.h - An opened artifact, its buffers and state ----*- C++ -*-===//
 //
 // What every bitloom-run command shares: the artifact (weights stay in the
-// mapping), its tokenizer and chat template, the loaded native code, and the
-// host buffers the entry points bind.
+// mapping), its tokenizer and chat template, the loaded native code (CPU
+// artifacts) or the Vulkan executor (vulkan-* artifacts), and the host
+// buffers the entry points bind.
 //
 // Buffers come in two kinds:
 //  - persistent state, owned by the Session and shared by every entry point:
@@ -17,6 +18,14 @@
 // update is elementwise and the last use of the old value), so state costs
 // one copy, not two, and train_step's updated parameters feed the next
 // step and eval_step sees them too.
+//
+// On Vulkan the host buffers are mirrors. State lives on the device across
+// calls: it is uploaded when the host wrote it (initFresh, setTensors,
+// loadAdapter, setOptimizerState, a mutable state() access) and downloaded
+// only when the host reads it (state(), trainables(), optimizerState():
+// checkpoints, adapter export); zeroState() zeroes it on the device. A call
+// uploads the entry's non-state inputs and hyperparameters and downloads its
+// non-state results, nothing else, so a training loop moves no state.
 //
 //===----------------------------------------------------------------------===//
 #ifndef BITLOOM_RUN_SESSION_H
@@ -33,6 +42,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -41,9 +51,38 @@ class Tokenizer;
 namespace hal::cpu {
 class NativeLibrary;
 } // namespace hal::cpu
+namespace vulkan {
+class ExecutorEntry;
+} // namespace vulkan
 } // namespace bitloom
 
 namespace bitloom::run {
+
+struct SessionOptions {
+  /// The Vulkan device (bitloom-run --device) of a vulkan-* artifact;
+  /// unset: device 0. Refused for other artifacts.
+  std::optional<uint32_t> device;
+  /// The Vulkan pipeline cache file; empty: the default
+  /// ($XDG_CACHE_HOME or ~/.cache, bitloom/pipelines-<hash>.bin).
+  std::string pipelineCache;
+};
+
+/// SessionOptions from bitloom-run's --device (-1: not given).
+SessionOptions deviceOptions(int64_t device);
+
+/// The device failed while running an entry point or moving state (Vulkan:
+/// device lost, out of device memory). Nothing on the device can be trusted
+/// afterwards; host copies taken before (checkpoints) are intact.
+class DeviceError : public std::runtime_error {
+public:
+  using std::runtime_error::runtime_error;
+};
+
+/// State tensors moved between host and device (Vulkan), counted per tensor.
+struct StateTransfers {
+  uint64_t uploads = 0, downloads = 0;
+  uint64_t bytesUp = 0, bytesDown = 0;
+};
 
 /// A 64-byte aligned, zero-initialized host buffer for one tensor.
 class HostBuffer {
@@ -119,13 +158,20 @@ private:
   std::vector<HostBuffer *> resultState_; // result index -> state or null
   std::map<std::string, size_t> argIndex_, resultIndex_;
   std::vector<Call> calls_;
+  Session *session_ = nullptr;
+  // Vulkan: the prepared entry, the state it binds and the state it writes.
+  vulkan::ExecutorEntry *device_ = nullptr;
+  std::vector<std::string> stateUsed_, stateWritten_;
 };
 
 class Session {
 public:
   /// Opens and validates `path`. Trainable parameters (role Parameter of any
   /// entry point) are created zero-filled; call initFresh() or setTensors().
-  explicit Session(const std::string &path);
+  /// A vulkan-* artifact opens its device (options.device) and builds its
+  /// pipelines here.
+  explicit Session(const std::string &path,
+                   const SessionOptions &options = SessionOptions());
   ~Session();
   Session(const Session &) = delete;
   Session &operator=(const Session &) = delete;
@@ -153,11 +199,22 @@ public:
   /// allocated). FormatError naming the artifact when it is missing.
   Entry &entry(const std::string &name);
   /// Runs every dispatch of `e` in order, then makes state results current.
+  /// DeviceError when the device fails.
   void run(Entry &e);
+
+  /// Whether entry points run on a Vulkan device.
+  bool onVulkan() const;
+  /// "CPU", or "Vulkan device 0 (llvmpipe), profile lavapipe".
+  std::string backendDescription() const;
+  /// State moved between host and device so far (zero on the CPU).
+  const StateTransfers &stateTransfers() const { return transfers_; }
 
   // Persistent state.
   /// Trainable parameter names, in the order the entry points list them.
   const std::vector<std::string> &trainableNames() const { return params_; }
+  /// The host copy of a state tensor, current (downloaded on Vulkan when the
+  /// device has a newer value); the caller may change it, and the change
+  /// goes to the device before the next call that binds it.
   HostBuffer *state(const std::string &name);
   /// PEFT's initialization: lora_A kaiming-uniform (U(±1/sqrt(in)), drawn
   /// from std::mt19937_64(seed) in trainableNames() order), lora_B zero,
@@ -191,14 +248,25 @@ public:
 
   /// Bytes the artifact plans plus what the runtime allocates: the memory
   /// plan's arena, every parameter blob, state, and the buffers of every
-  /// prepared entry point.
+  /// prepared entry point. On Vulkan, device memory: the arena, the weights
+  /// uploaded, device state and the entry points' device buffers.
   uint64_t plannedBytes() const;
 
 private:
+  struct Vulkan;
+  /// Where a state tensor's current value is (Vulkan).
+  enum class Sync : uint8_t { Same, HostNewer, DeviceNewer };
+
   HostBuffer makeBuffer(const blm::fb::TensorSig *sig,
                         const std::string &entry) const;
   hal::cpu::NativeLibrary &library(uint32_t executable);
   uint8_t *arena();
+  void prepareOnDevice(Entry &e);
+  void runOnDevice(Entry &e);
+  /// The host wrote state tensor `name`: upload it before its next use.
+  void hostWrote(const std::string &name);
+  /// Downloads the state tensors in `names` the device has newer values of.
+  void pull(const std::vector<std::string> &names) const;
 
   std::string path_;
   std::unique_ptr<blm::Artifact> artifact_;
@@ -209,10 +277,15 @@ private:
   std::optional<trainer::ChatTemplate> chat_;
   bool chatLoaded_ = false;
   std::vector<std::string> params_;
-  std::map<std::string, HostBuffer> state_;
+  mutable std::map<std::string, HostBuffer> state_;
   std::map<std::string, std::unique_ptr<Entry>> entries_;
   std::map<uint32_t, std::unique_ptr<hal::cpu::NativeLibrary>> libraries_;
   HostBuffer arena_;
+  // Vulkan only. state_ is mutable: const readers (trainables()) refresh the
+  // host copies, a cache of the device's values.
+  std::unique_ptr<Vulkan> vulkan_;
+  mutable std::map<std::string, Sync> sync_;
+  mutable StateTransfers transfers_;
 };
 
 /// "[4, 64]".

@@ -101,6 +101,17 @@ Validation validate(Session &session, const trainer::Dataset &dataset,
   return v;
 }
 
+/// Where a run stands: what to say when the device fails mid-run.
+struct RunProgress {
+  int64_t step = -1; ///< the step running (0-based); -1: not started
+  int64_t lastSaved = -1;
+  std::string lastSavedDir;
+  int64_t resumedStep = -1;
+  std::string resumedFrom;
+};
+
+int train(const TrainArgs &a, RunProgress &run);
+
 } // namespace
 
 void addTrainCommand(CLI::App &app, TrainArgs &a) {
@@ -129,6 +140,7 @@ void addTrainCommand(CLI::App &app, TrainArgs &a) {
       ->capture_default_str();
   cmd->add_option("--threads", a.threads, "micro-kernel threads (0: default)")
       ->capture_default_str();
+  addDeviceOption(*cmd, a.device);
   cmd->add_option("--save-every", a.saveEvery,
                   "checkpoint every N steps into OUT/checkpoint (0: only at "
                   "the end)")
@@ -152,6 +164,34 @@ void addTrainCommand(CLI::App &app, TrainArgs &a) {
 }
 
 int runTrain(const TrainArgs &a) {
+  RunProgress run;
+  try {
+    return train(a, run);
+  } catch (const DeviceError &e) {
+    // A device failure (Vulkan: device lost, out of memory) ends the run.
+    // State is fetched before a checkpoint is written, so the last one on
+    // disk is whole: say where to continue from.
+    std::string where;
+    if (run.lastSaved >= 0)
+      where = "the checkpoint " + run.lastSavedDir + " (step " +
+              std::to_string(run.lastSaved) +
+              ") is intact; continue with --resume " + a.out;
+    else if (!run.resumedFrom.empty())
+      where = "the checkpoint " + run.resumedFrom + " (step " +
+              std::to_string(run.resumedStep) +
+              ") is intact; continue with --resume " + run.resumedFrom;
+    else
+      where = "no checkpoint was saved (--save-every N saves them)";
+    std::string when = run.step < 0 ? "before the first step"
+                                    : "at step " + std::to_string(run.step + 1);
+    throw DeviceError("training stopped " + when + ": " + e.what() + "; " +
+                      where);
+  }
+}
+
+namespace {
+
+int train(const TrainArgs &a, RunProgress &run) {
   // Options first: nothing is opened for a bad command line.
   if (a.steps < 0)
     throw FormatError("", "--steps", "must not be negative");
@@ -178,7 +218,7 @@ int runTrain(const TrainArgs &a) {
                       "holds the adapter)");
   int threads = applyThreads(a.threads);
 
-  Session session(a.artifact);
+  Session session(a.artifact, deviceOptions(a.device));
   const int64_t K = a.gradAccum;
   // Entry points this run needs, prepared (kernels resolved) up front.
   Entry *train = nullptr, *accumulate = nullptr, *apply = nullptr;
@@ -231,6 +271,8 @@ int runTrain(const TrainArgs &a) {
                             ", past this run's " + std::to_string(total));
     validatedEpochs = c.state.value("validated_epochs", int64_t(0));
     elapsedBefore = c.state.value("elapsed_s", 0.0);
+    run.resumedFrom = resumedFrom;
+    run.resumedStep = start;
   } else if (!a.adapter.empty()) {
     session.initFresh(a.seed);
     session.loadAdapter(a.adapter);
@@ -246,6 +288,8 @@ int runTrain(const TrainArgs &a) {
               (long long)session.batchSize(), (long long)session.seqLen(),
               split.validation.size(), (long long)total, (long long)K,
               K == 1 ? "" : "es", threads, threads == 1 ? "" : "s");
+  if (session.onVulkan())
+    std::printf("running on %s\n", session.backendDescription().c_str());
   if (!resumedFrom.empty())
     std::printf("resuming from %s at step %lld\n", resumedFrom.c_str(),
                 (long long)start);
@@ -308,16 +352,18 @@ int runTrain(const TrainArgs &a) {
                {"seed", a.seed},
                {"artifact", fs::absolute(a.artifact).string()}};
     trainer::saveCheckpoint(checkpointDir, c);
+    run.lastSaved = step;
+    run.lastSavedDir = checkpointDir;
     progress.message("saved checkpoint " + checkpointDir + " (step " +
                      std::to_string(step) + ")");
   };
-
   interrupted = 0;
   std::signal(SIGINT, onInterrupt);
   std::signal(SIGTERM, onInterrupt);
   bool stopped = false;
   int64_t step = start;
   for (; step < total; ++step) {
+    run.step = step;
     double lr =
         trainer::scheduledLearningRate(a.schedule, a.lr, step, a.warmup, total);
     float loss = 0, gradNorm = 0;
@@ -412,5 +458,7 @@ int runTrain(const TrainArgs &a) {
   }
   return 0;
 }
+
+} // namespace
 
 } // namespace bitloom::run

@@ -1,14 +1,16 @@
 //===- main.cpp - bitloom-run: the device runtime's command line ----------===//
 //
 // The device side. Links the runtime only (no MLIR/LLVM): opens a .blm
-// (weights stay in the mapping), loads its native code, and runs its entry
-// points.
+// (weights stay in the mapping), loads its native code (CPU artifacts) or
+// opens its Vulkan device (vulkan-* artifacts), and runs its entry points.
 //
 //   bitloom-run train model.blm --data FILE [--steps N | --epochs E] ...
 //   bitloom-run eval  model.blm --data FILE [--adapter PATH] [--json]
 //   bitloom-run bench model.blm [--entry train_step] [--steps N] [--json]
 //   bitloom-run generate model.blm --prompt TEXT [--adapter PATH] [--chat]
 //   bitloom-run devices [--json] [--profile NAME]
+//
+// train, eval, bench and generate take --device N for vulkan-* artifacts.
 //
 // Every error in user input prints one line "error: <file>: <field>: <what>"
 // and exits with status 1. docs/runtime.md describes the commands.
@@ -42,6 +44,12 @@ int applyThreads(int threads) {
                       "library; only 1 thread");
   return 1;
 #endif
+}
+
+void addDeviceOption(CLI::App &cmd, int64_t &device) {
+  cmd.add_option("--device", device,
+                 "Vulkan device of a vulkan-* artifact (default 0; "
+                 "`bitloom-run devices` lists them)");
 }
 
 } // namespace bitloom::run

@@ -17,6 +17,7 @@
 #include "artifact/ArtifactBuilder.h"
 #include "artifact/MemoryReport.h"
 #include "codegen/cpu/CompileCpu.h"
+#include "codegen/vulkan/CompileVulkan.h"
 #include "formats/Error.h"
 #include "formats/MappedFile.h"
 #include "model/TernaryWeights.h"
@@ -280,15 +281,38 @@ static int64_t chooseRecompute(mlir::ModuleOp module, int64_t numLayers,
   return lo;
 }
 
+static bool isVulkanTarget(const std::string &target);
+
+/// What a training run may hold when no --memory-budget is given: phones
+/// and small GPUs get 4 GiB, desktops and data-centre GPUs 8 GiB.
+static uint64_t defaultMemoryBudget(const std::string &target) {
+  bool small = target == "cpu-arm64" || target == "vulkan" ||
+               target == "vulkan-generic" || target == "vulkan-adreno" ||
+               target == "vulkan-mali";
+  return (small ? 4ull : 8ull) << 30;
+}
+
+static bool isVulkanTarget(const std::string &target) {
+  return target == "vulkan" || llvm::StringRef(target).starts_with("vulkan-");
+}
+
+/// "vulkan" means the baseline profile.
+static std::string vulkanProfile(const std::string &target) {
+  return target == "vulkan" ? "generic" : target.substr(strlen("vulkan-"));
+}
+
 /// CPU targets: train/eval/accumulate/apply compiled to one shared object,
 /// frozen weights (projections packed 2 bits per weight), signatures and a
-/// one-dispatch schedule per entry point, written as a .blm.
-static int compileCpuArtifact(CompileArgs &args, const Model &model,
-                              mlir::ModuleOp module) {
+/// one-dispatch schedule per entry point, written as a .blm. Vulkan targets:
+/// one SPIR-V shader per kernel and the whole step as a schedule of
+/// dispatches over weights, inputs, outputs and ranges of one arena.
+static int compileArtifact(CompileArgs &args, const Model &model,
+                           mlir::ModuleOp module) {
+  bool vulkan = isVulkanTarget(args.target);
   if (args.seqLen < 2 || args.batch < 1)
     throw FormatError("", "--seq-len",
-                      "CPU targets compile for one shape: give --seq-len "
-                      "(>= 2) and --batch");
+                      "CPU and Vulkan targets compile for one shape: give "
+                      "--seq-len (>= 2) and --batch");
   mlir::PassManager pm(module.getContext());
   LoomSpecializeShapesOptions shapes;
   shapes.batch = args.batch;
@@ -318,7 +342,7 @@ static int compileCpuArtifact(CompileArgs &args, const Model &model,
   // Memory: recompute the fewest decoder layers that fit the budget.
   uint64_t budget = !args.memoryBudget.empty()
                         ? parseBytes(args.memoryBudget, "--memory-budget")
-                        : (args.target == "cpu-arm64" ? 4ull : 8ull) << 30;
+                        : defaultMemoryBudget(args.target);
   int64_t numLayers = model.config().numLayers;
   std::vector<std::string> bf16 = bf16WeightNames(model);
   if (args.recomputeLayers < -2)
@@ -352,22 +376,32 @@ static int compileCpuArtifact(CompileArgs &args, const Model &model,
   }
   if (args.output.empty())
     throw FormatError("", "--output", "give -o FILE (or --plan-only)");
-  native::NativeTarget target = native::resolveNativeTarget(
-      args.target, args.cpu.empty() ? "generic" : args.cpu);
-  codegen::cpu::CompiledCpuModule compiled =
-      codegen::cpu::compileForCpu(module, target, entries,
-                                  /*withAssembly=*/false,
-                                  /*withBitcode=*/true, bf16);
-
   blm::ArtifactBuilder builder;
   builder.setProducer("bitloom");
   blm::TargetInfo info;
-  info.name = args.target;
-  info.cpu = target.cpu;
-  llvm::SmallVector<llvm::StringRef> features;
-  llvm::StringRef(target.features).split(features, ',', -1, false);
-  for (llvm::StringRef f : features)
-    info.features.push_back(f.str());
+  info.name = args.target == "vulkan" ? "vulkan-generic" : args.target;
+  codegen::cpu::CompiledCpuModule compiled;
+  codegen::vulkan::CompiledVulkanModule gpu;
+  if (vulkan) {
+    std::string profile = vulkanProfile(args.target);
+    codegen::vulkan::KernelTarget kernelTarget =
+        codegen::vulkan::kernelTargetForProfile(profile);
+    gpu = codegen::vulkan::compileForVulkan(module, kernelTarget, entries,
+                                             bf16);
+    compiled.functions = gpu.functions;
+    info.cpu = profile;
+  } else {
+    native::NativeTarget target = native::resolveNativeTarget(
+        args.target, args.cpu.empty() ? "generic" : args.cpu);
+    compiled = codegen::cpu::compileForCpu(module, target, entries,
+                                           /*withAssembly=*/false,
+                                           /*withBitcode=*/true, bf16);
+    info.cpu = target.cpu;
+    llvm::SmallVector<llvm::StringRef> features;
+    llvm::StringRef(target.features).split(features, ',', -1, false);
+    for (llvm::StringRef f : features)
+      info.features.push_back(f.str());
+  }
   builder.setTarget(info);
   const ModelConfig &c = model.config();
   blm::ModelConfig mc;
@@ -434,22 +468,41 @@ static int compileCpuArtifact(CompileArgs &args, const Model &model,
     }
   }
 
-  blm::ExecutableInfo exe;
-  exe.name = "train";
-  exe.format = "elf-shared";
-  for (const std::string &entry : entries)
-    exe.kernels.push_back({entry + "_packed",
-                           {1, 1, 1},
-                           {1, 1, 1},
-                           fs::absolute(args.model).string() + ": @" + entry});
-  uint32_t exeIndex = builder.addExecutable(exe, compiled.sharedObject);
-  // The optimized LLVM IR of the same code under the same kernel names, for
-  // `bitloom inspect --dump-kernels`. No dispatch names it, so a runtime
-  // never loads it.
-  blm::ExecutableInfo ir = exe;
-  ir.name = "train-ir";
-  ir.format = "llvm-bc";
-  builder.addExecutable(ir, compiled.bitcode.data(), compiled.bitcode.size());
+  uint32_t exeIndex = 0;
+  if (vulkan) {
+    // One SPIR-V module per kernel, its single entry point named after it.
+    for (const codegen::vulkan::SpirvKernel &k : gpu.kernels) {
+      blm::ExecutableInfo exe;
+      exe.name = k.name;
+      exe.format = "spirv";
+      exe.kernels.push_back(
+          {k.entryPoint,
+           {1, 1, 1},
+           {uint32_t(k.workgroupSize[0]), uint32_t(k.workgroupSize[1]),
+            uint32_t(k.workgroupSize[2])},
+           fs::absolute(args.model).string()});
+      builder.addExecutable(exe, k.words.data(), k.words.size() * 4);
+    }
+  } else {
+    blm::ExecutableInfo exe;
+    exe.name = "train";
+    exe.format = "elf-shared";
+    for (const std::string &entry : entries)
+      exe.kernels.push_back({entry + "_packed",
+                             {1, 1, 1},
+                             {1, 1, 1},
+                             fs::absolute(args.model).string() + ": @" +
+                                 entry});
+    exeIndex = builder.addExecutable(exe, compiled.sharedObject);
+    // The optimized LLVM IR of the same code under the same kernel names,
+    // for `bitloom inspect --dump-kernels`. No dispatch names it, so a
+    // runtime never loads it.
+    blm::ExecutableInfo ir = exe;
+    ir.name = "train-ir";
+    ir.format = "llvm-bc";
+    builder.addExecutable(ir, compiled.bitcode.data(),
+                          compiled.bitcode.size());
+  }
 
   // Frozen weights in the form the code takes them (f32, bf16 as stored, or
   // packed ternary plus multiplier), prepared and streamed tensor by tensor.
@@ -517,7 +570,33 @@ static int compileCpuArtifact(CompileArgs &args, const Model &model,
                                  blm::Access::ReadWrite});
     entry.arenaBytes = uint64_t(f.arenaBytes);
     entry.scheduleLength = uint32_t(f.scheduleLength);
-    entry.dispatches.push_back(std::move(dispatch));
+    if (vulkan) {
+      // The CPU dispatch's bindings are the function's arguments, results
+      // and arena in order: each GPU binding takes its source from there.
+      size_t numArgs = f.args.size();
+      for (const codegen::vulkan::GpuDispatch &d : gpu.dispatches[e]) {
+        blm::DispatchInfo g;
+        g.executable = d.kernel;
+        g.kernel = 0;
+        g.workgroupCount = {d.workgroups[0], d.workgroups[1],
+                            d.workgroups[2]};
+        g.op = d.op;
+        for (const codegen::vulkan::GpuBinding &b : d.bindings) {
+          using Source = codegen::vulkan::GpuBinding::Source;
+          size_t position = b.source == Source::Argument ? b.index
+                            : b.source == Source::Result
+                                ? numArgs + b.index
+                                : dispatch.bindings.size() - 1;
+          blm::BindingInfo binding = dispatch.bindings.at(position);
+          binding.offset = b.offset;
+          binding.size = b.size;
+          g.bindings.push_back(binding);
+        }
+        entry.dispatches.push_back(std::move(g));
+      }
+    } else {
+      entry.dispatches.push_back(std::move(dispatch));
+    }
     builder.addEntryPoint(std::move(entry));
   }
   // The memory plan: every transient buffer of every entry point at its
@@ -534,31 +613,65 @@ static int compileCpuArtifact(CompileArgs &args, const Model &model,
       slot.size = uint64_t(b.size);
       slot.entryPoint = uint32_t(e);
       slot.op = b.owner;
-      slot.scheduleBegin = uint32_t(b.first);
-      slot.scheduleEnd = uint32_t(b.last);
+      if (vulkan) {
+        // Live over the dispatches of the ops of its schedule positions.
+        const std::vector<codegen::vulkan::GpuDispatch> &list =
+            gpu.dispatches[e];
+        int64_t begin = -1, end = -1;
+        for (size_t d = 0; d < list.size(); ++d)
+          if (list[d].schedulePosition >= b.first &&
+              list[d].schedulePosition <= b.last) {
+            if (begin < 0)
+              begin = int64_t(d);
+            end = int64_t(d);
+          }
+        if (begin < 0)
+          continue; // only ever named, never touched by a kernel
+        slot.lifetimeBegin = uint32_t(begin);
+        slot.lifetimeEnd = uint32_t(end);
+      } else {
+        slot.scheduleBegin = uint32_t(b.first);
+        slot.scheduleEnd = uint32_t(b.last);
+      }
       plan.slots.push_back(std::move(slot));
     }
   }
   builder.setMemoryPlan(std::move(plan));
   builder.write(args.output);
+  if (vulkan) {
+    size_t dispatches = 0, words = 0;
+    for (const auto &list : gpu.dispatches)
+      dispatches += list.size();
+    for (const codegen::vulkan::SpirvKernel &k : gpu.kernels)
+      words += k.words.size();
+    std::printf("compiled %s for %s to %s: %zu entry points, %zu dispatches, "
+                "%zu SPIR-V kernels (%zu bytes)\n",
+                args.model.c_str(), info.name.c_str(), args.output.c_str(),
+                entries.size(), dispatches, gpu.kernels.size(), words * 4);
+    return 0;
+  }
   std::printf("compiled %s for %s (%s) to %s: %zu entry points, %zu bytes of "
               "native code, %zu bytes of LLVM bitcode\n",
-              args.model.c_str(), args.target.c_str(), target.cpu.c_str(),
+              args.model.c_str(), args.target.c_str(), info.cpu.c_str(),
               args.output.c_str(), entries.size(), compiled.sharedObject.size(),
               compiled.bitcode.size());
   return 0;
 }
 
 int runCompile(CompileArgs &args) {
-  bool cpu = args.target == "cpu-x86_64" || args.target == "cpu-arm64";
-  requireExecutableTarget(args.target);
+  bool cpu = args.target == "cpu-x86_64" || args.target == "cpu-arm64" ||
+             isVulkanTarget(args.target);
+  if (isVulkanTarget(args.target))
+    codegen::vulkan::kernelTargetForProfile(vulkanProfile(args.target));
+  else
+    requireExecutableTarget(args.target);
   if (!cpu && (args.planOnly || !args.memoryBudget.empty() ||
                args.recomputeLayers != -2))
     throw FormatError("",
                       args.planOnly               ? "--plan-only"
                       : args.memoryBudget.empty() ? "--recompute-layers"
                                                   : "--memory-budget",
-                      "only CPU targets (cpu-x86_64, cpu-arm64) plan memory");
+                      "only CPU and Vulkan targets plan memory");
   if (args.output.empty() && !(cpu && args.planOnly))
     throw FormatError("", "--output", "give -o FILE");
   int last = -1;
@@ -610,8 +723,8 @@ int runCompile(CompileArgs &args) {
                         "the phase failed (see the diagnostics above)");
     dump(phase);
   }
-  if (cpu)
-    return compileCpuArtifact(args, *model, *module);
+  if (cpu || isVulkanTarget(args.target))
+    return compileArtifact(args, *model, *module);
   std::string text = printModule(*module);
   writeFileAtomically(args.output, text.data(), text.size());
   std::printf("compiled %s for %s (through %s) to %s\n", args.model.c_str(),

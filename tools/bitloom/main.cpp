@@ -11,6 +11,7 @@
 #include "artifact/Describe.h"
 #include "artifact/MemoryReport.h"
 #include "codegen/native/NativeEmitter.h"
+#include "codegen/vulkan/Spirv.h"
 #include "dialects/loom/LoomDialect.h"
 #include "formats/Error.h"
 #include "formats/Gguf.h"
@@ -37,6 +38,7 @@
 
 #include <cctype>
 #include <cinttypes>
+#include <cstring>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -371,6 +373,57 @@ void dumpKernels(const blm::Artifact &artifact, ArtifactIR &ir,
               ir.kernels.size(), dir.c_str());
 }
 
+/// Vulkan artifacts: DIR/<kernel>.spv (the binary the device loads) and
+/// DIR/<kernel>.spvasm (its disassembly) per SPIR-V executable, and
+/// DIR/index.txt (workgroup size and dispatches per kernel).
+void dumpSpirvKernels(const blm::Artifact &artifact, const std::string &dir) {
+  namespace fs = std::filesystem;
+  std::map<uint32_t, size_t> uses;
+  const blm::fb::Manifest &m = artifact.manifest();
+  if (m.entry_points())
+    for (const blm::fb::EntryPoint *entry : *m.entry_points())
+      if (entry->dispatches())
+        for (const blm::fb::Dispatch *d : *entry->dispatches())
+          ++uses[d->executable()];
+  std::string index = "# bitloom inspect --dump-kernels\nartifact: " +
+                      artifact.path() + "\ntarget: " + artifact.target().name +
+                      "\n";
+  size_t written = 0;
+  for (size_t i = 0; i < artifact.numExecutables(); ++i) {
+    const blm::fb::Executable &exe = artifact.executable(i);
+    if (exe.format()->str() != "spirv")
+      continue;
+    blm::ByteSpan bytes = artifact.executableData(i);
+    std::string name = exe.name() ? exe.name()->str() : std::to_string(i);
+    std::string stem = fileStem(name);
+    writeFileAtomically((fs::path(dir) / (stem + ".spv")).string(),
+                        bytes.data(), bytes.size());
+    std::vector<uint32_t> words(bytes.size() / 4);
+    std::memcpy(words.data(), bytes.data(), words.size() * 4);
+    std::string text = codegen::vulkan::disassembleSpirv(words);
+    writeFileAtomically((fs::path(dir) / (stem + ".spvasm")).string(),
+                        text.data(), text.size());
+    const blm::fb::Kernel *k =
+        exe.kernels() && exe.kernels()->size() ? exe.kernels()->Get(0)
+                                               : nullptr;
+    std::string size =
+        k && k->workgroup_size()
+            ? std::to_string(k->workgroup_size()->x()) + "x" +
+                  std::to_string(k->workgroup_size()->y()) + "x" +
+                  std::to_string(k->workgroup_size()->z())
+            : "?";
+    index += "kernel " + name + ": " + stem + ".spv " + stem +
+             ".spvasm, workgroup " + size + ", " +
+             std::to_string(bytes.size()) + " bytes, " +
+             std::to_string(uses[uint32_t(i)]) + " dispatches\n";
+    ++written;
+  }
+  writeFileAtomically((fs::path(dir) / "index.txt").string(), index.data(),
+                      index.size());
+  std::printf("wrote the SPIR-V binary and disassembly of %zu kernels to %s\n",
+              written, dir.c_str());
+}
+
 int runInspect(const std::string &path, bool stats, const std::string &dumpDir,
                bool memory, const std::string &svgPath) {
   if (std::filesystem::path(path).extension() == ".blm") {
@@ -393,9 +446,12 @@ int runInspect(const std::string &path, bool stats, const std::string &dumpDir,
     }
     if (stats)
       artifact->verify(/*full=*/true); // every weight's checksum
+    bool spirv = llvm::StringRef(artifact->target().name).starts_with("vulkan");
     std::unique_ptr<ArtifactIR> ir;
     try {
-      ir = readArtifactIR(*artifact);
+      // SPIR-V artifacts carry their kernels' code as SPIR-V, no LLVM IR.
+      if (!spirv)
+        ir = readArtifactIR(*artifact);
     } catch (const FormatError &e) {
       // Only --dump-kernels needs the IR (e.g. bitcode of a newer LLVM).
       if (!dumpDir.empty())
@@ -403,7 +459,7 @@ int runInspect(const std::string &path, bool stats, const std::string &dumpDir,
       std::fprintf(stderr, "warning: %s\n", e.what());
     }
     if (!dumpDir.empty()) {
-      if (!ir)
+      if (!ir && !spirv)
         throw FormatError(path, "--dump-kernels",
                           "the artifact has no llvm-bc executable (it was "
                           "compiled before bitloom kept its LLVM IR); "
@@ -430,8 +486,12 @@ int runInspect(const std::string &path, bool stats, const std::string &dumpDir,
             std::to_string(code.numUkernelCalls()) + " bitloom_uk_* call sites";
     blm::describeArtifact(*artifact, std::cout, options);
     std::cout.flush();
-    if (!dumpDir.empty())
-      dumpKernels(*artifact, *ir, dumpDir);
+    if (!dumpDir.empty()) {
+      if (spirv)
+        dumpSpirvKernels(*artifact, dumpDir);
+      else
+        dumpKernels(*artifact, *ir, dumpDir);
+    }
     return 0;
   }
   if (!dumpDir.empty())

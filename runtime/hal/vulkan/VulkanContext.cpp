@@ -1,13 +1,19 @@
 //===- VulkanContext.cpp - Vulkan device, buffers and compute -------------===//
 #include "hal/vulkan/VulkanContext.h"
 
+#include "formats/Error.h"
+#include "formats/MappedFile.h"
+
 #define VK_NO_PROTOTYPES
 #include <vulkan/vulkan.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <functional>
+#include <iterator>
 
 namespace bitloom::vulkan {
 
@@ -99,7 +105,11 @@ void check(VkResult result, const char *call, const std::string &detail = "") {
   X(CmdPushConstants)                                                          \
   X(CmdDispatch)                                                               \
   X(CmdPipelineBarrier)                                                        \
-  X(CmdCopyBuffer)
+  X(CmdCopyBuffer)                                                             \
+  X(CmdFillBuffer)                                                             \
+  X(CreatePipelineCache)                                                       \
+  X(DestroyPipelineCache)                                                      \
+  X(GetPipelineCacheData)
 
 struct Fns {
 #define BITLOOM_VK_MEMBER(name) PFN_vk##name name = nullptr;
@@ -120,6 +130,56 @@ void barrier(const Fns &fn, VkCommandBuffer cb, VkPipelineStageFlags srcStage,
                         nullptr);
 }
 
+// Everything a recorded step does to buffers: dispatches and the copies
+// that stage its inputs and outputs.
+constexpr VkPipelineStageFlags kAnyStage =
+    VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT;
+constexpr VkAccessFlags kAnyWrite =
+    VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT;
+constexpr VkAccessFlags kAnyAccess =
+    VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT |
+    VK_ACCESS_TRANSFER_READ_BIT | VK_ACCESS_TRANSFER_WRITE_BIT;
+
+/// Host transfers go through staging buffers of at most this many bytes, so
+/// a multi-GB weight never needs a second multi-GB buffer.
+constexpr uint64_t kStagingChunk = uint64_t(64) << 20;
+
+/// FNV-1a, the checksum of pipeline cache files (small, and only a guard
+/// against truncation and corruption).
+uint64_t fnv1a(const uint8_t *p, size_t n) {
+  uint64_t h = 1469598103934665603ull;
+  for (size_t i = 0; i < n; ++i)
+    h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
+
+void putU32(std::vector<uint8_t> &out, uint32_t v) {
+  for (int i = 0; i < 4; ++i)
+    out.push_back(uint8_t(v >> (8 * i)));
+}
+void putU64(std::vector<uint8_t> &out, uint64_t v) {
+  for (int i = 0; i < 8; ++i)
+    out.push_back(uint8_t(v >> (8 * i)));
+}
+uint32_t getU32(const uint8_t *p) {
+  uint32_t v = 0;
+  for (int i = 3; i >= 0; --i)
+    v = (v << 8) | p[i];
+  return v;
+}
+uint64_t getU64(const uint8_t *p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i)
+    v = (v << 8) | p[i];
+  return v;
+}
+
+/// Our pipeline cache file: "BLPC", version, payload length and checksum,
+/// then the driver's data.
+constexpr char kCacheMagic[4] = {'B', 'L', 'P', 'C'};
+constexpr uint32_t kCacheVersion = 1;
+constexpr size_t kCacheHeaderBytes = 24;
+
 } // namespace
 
 namespace detail {
@@ -130,6 +190,7 @@ struct Device {
   Fns fn;
   VkPhysicalDevice physical = VK_NULL_HANDLE;
   VkPhysicalDeviceMemoryProperties memory{};
+  VkPhysicalDeviceProperties properties{};
   uint32_t maxPushConstantsSize = 0;
   VkDevice device = VK_NULL_HANDLE;
   uint32_t queueFamily = 0;
@@ -229,16 +290,45 @@ struct PipelineState {
   }
 };
 
+struct PipelineCacheState {
+  std::shared_ptr<Device> dev;
+  VkPipelineCache cache = VK_NULL_HANDLE;
+  std::string path, loadProblem;
+  uint64_t loadedBytes = 0;
+  /// The driver data last loaded or saved: save() skips rewriting it.
+  std::vector<uint8_t> onDisk;
+
+  ~PipelineCacheState() {
+    if (cache != VK_NULL_HANDLE)
+      dev->fn.DestroyPipelineCache(dev->device, cache, nullptr);
+  }
+};
+
 struct SequenceState {
+  enum class Op { None, Dispatch, Copy };
   std::shared_ptr<Device> dev;
   VkCommandBuffer cb = VK_NULL_HANDLE;
-  /// One small pool per dispatch, holding that dispatch's descriptor set.
+  /// Descriptor pools, each holding the sets of many dispatches; the last
+  /// one has `setsLeft` sets and `descriptorsLeft` descriptors left.
   std::vector<VkDescriptorPool> pools;
+  uint32_t setsLeft = 0, descriptorsLeft = 0;
   /// What the recorded commands refer to, kept alive as long as they are.
   std::vector<std::shared_ptr<PipelineState>> pipelines;
   std::vector<std::shared_ptr<BufferState>> buffers;
   size_t dispatches = 0;
+  Op last = Op::None;
   bool finished = false;
+
+  /// Orders the command about to be recorded after the previous one.
+  void barrierBefore(Op next) {
+    if (last == Op::Dispatch && next == Op::Dispatch)
+      barrier(dev->fn, cb, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+              VK_ACCESS_SHADER_WRITE_BIT, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+              VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT);
+    else if (last != Op::None)
+      barrier(dev->fn, cb, kAnyStage, kAnyWrite, kAnyStage, kAnyAccess);
+    last = next;
+  }
 
   ~SequenceState() {
     for (VkDescriptorPool pool : pools)
@@ -252,6 +342,7 @@ struct SequenceState {
 
 using detail::BufferState;
 using detail::Device;
+using detail::PipelineCacheState;
 using detail::PipelineState;
 using detail::SequenceState;
 
@@ -264,6 +355,13 @@ bool Buffer::hostVisible() const { return state && state->hostVisible; }
 bool Buffer::deviceLocal() const { return state && state->deviceLocal; }
 void *Buffer::mapped() const { return state ? state->mapped : nullptr; }
 
+uint64_t BufferRange::bytes() const {
+  const uint64_t whole = buffer.size();
+  if (size != kWholeSize)
+    return size;
+  return offset <= whole ? whole - offset : 0;
+}
+
 uint32_t Pipeline::numBuffers() const { return state ? state->numBuffers : 0; }
 uint32_t Pipeline::pushConstantBytes() const {
   return state ? state->pushConstantBytes : 0;
@@ -274,7 +372,8 @@ uint32_t Pipeline::pushConstantBytes() const {
 //===----------------------------------------------------------------------===//
 
 VulkanContext::VulkanContext(uint32_t deviceIndex,
-                             std::shared_ptr<VulkanInstance> instance)
+                             std::shared_ptr<VulkanInstance> instance,
+                             const DeviceFeatures &features)
     : dev(std::make_shared<Device>()) {
   if (!instance)
     instance = std::make_shared<VulkanInstance>();
@@ -307,9 +406,8 @@ VulkanContext::VulkanContext(uint32_t deviceIndex,
   dev->physical = physicals[deviceIndex];
   dev->info = instance->devices().at(deviceIndex);
   fn.GetPhysicalDeviceMemoryProperties(dev->physical, &dev->memory);
-  VkPhysicalDeviceProperties props{};
-  fn.GetPhysicalDeviceProperties(dev->physical, &props);
-  dev->maxPushConstantsSize = props.limits.maxPushConstantsSize;
+  fn.GetPhysicalDeviceProperties(dev->physical, &dev->properties);
+  dev->maxPushConstantsSize = dev->properties.limits.maxPushConstantsSize;
 
   // A compute queue: a compute-only family when there is one (often an
   // async-compute engine), else any family with compute.
@@ -344,6 +442,70 @@ VulkanContext::VulkanContext(uint32_t deviceIndex,
   deviceInfo.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO;
   deviceInfo.queueCreateInfoCount = 1;
   deviceInfo.pQueueCreateInfos = &queueInfo;
+
+  // Optional features: refused up front when the device lacks one (the
+  // driver would fail with VK_ERROR_FEATURE_NOT_PRESENT, naming nothing).
+  const DeviceInfo &info = dev->info;
+  std::string lacking;
+  auto need = [&](bool wanted, bool offered, const char *name) {
+    if (wanted && !offered)
+      lacking += std::string(lacking.empty() ? "" : ", ") + name;
+  };
+  need(features.shaderInt8, info.shaderInt8, "shaderInt8");
+  need(features.shaderFloat16, info.shaderFloat16, "shaderFloat16");
+  need(features.storageBuffer8BitAccess, info.storageBuffer8BitAccess,
+       "storageBuffer8BitAccess");
+  need(features.storageBuffer16BitAccess, info.storageBuffer16BitAccess,
+       "storageBuffer16BitAccess");
+  need(features.integerDotProduct, info.integerDotProduct,
+       "shaderIntegerDotProduct");
+  if (!lacking.empty())
+    throw VulkanError("Vulkan device " + std::to_string(deviceIndex) + " (" +
+                      info.name + ") lacks " + lacking);
+  // Features promoted to core need their extension below the core version.
+  const uint32_t version = std::min(instance->apiVersion(), info.apiVersion);
+  std::vector<const char *> extensions;
+  void *chain = nullptr;
+  VkPhysicalDevice16BitStorageFeatures storage16{};
+  storage16.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_16BIT_STORAGE_FEATURES;
+  VkPhysicalDevice8BitStorageFeatures storage8{};
+  storage8.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_8BIT_STORAGE_FEATURES;
+  VkPhysicalDeviceShaderFloat16Int8Features float16Int8{};
+  float16Int8.sType =
+      VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_FLOAT16_INT8_FEATURES;
+  VkPhysicalDeviceShaderIntegerDotProductFeatures dot{};
+  dot.sType =
+      VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_INTEGER_DOT_PRODUCT_FEATURES;
+  if (features.storageBuffer16BitAccess) {
+    storage16.storageBuffer16BitAccess = VK_TRUE;
+    storage16.pNext = chain;
+    chain = &storage16;
+  }
+  if (features.storageBuffer8BitAccess) {
+    storage8.storageBuffer8BitAccess = VK_TRUE;
+    storage8.pNext = chain;
+    chain = &storage8;
+    if (version < VK_API_VERSION_1_2)
+      extensions.push_back(VK_KHR_8BIT_STORAGE_EXTENSION_NAME);
+  }
+  if (features.shaderInt8 || features.shaderFloat16) {
+    float16Int8.shaderInt8 = features.shaderInt8;
+    float16Int8.shaderFloat16 = features.shaderFloat16;
+    float16Int8.pNext = chain;
+    chain = &float16Int8;
+    if (version < VK_API_VERSION_1_2)
+      extensions.push_back(VK_KHR_SHADER_FLOAT16_INT8_EXTENSION_NAME);
+  }
+  if (features.integerDotProduct) {
+    dot.shaderIntegerDotProduct = VK_TRUE;
+    dot.pNext = chain;
+    chain = &dot;
+    if (version < VK_API_VERSION_1_3)
+      extensions.push_back(VK_KHR_SHADER_INTEGER_DOT_PRODUCT_EXTENSION_NAME);
+  }
+  deviceInfo.pNext = chain;
+  deviceInfo.enabledExtensionCount = uint32_t(extensions.size());
+  deviceInfo.ppEnabledExtensionNames = extensions.data();
   check(fn.CreateDevice(dev->physical, &deviceInfo, nullptr, &dev->device),
         "vkCreateDevice", dev->info.name);
 
@@ -447,6 +609,7 @@ Buffer VulkanContext::allocate(uint64_t bytes, bool hostVisible) {
 }
 
 namespace {
+
 void checkRange(const Buffer &buffer, uint64_t bytes, uint64_t offset,
                 const char *what) {
   if (!buffer)
@@ -457,31 +620,129 @@ void checkRange(const Buffer &buffer, uint64_t bytes, uint64_t offset,
                       " do not fit a buffer of " +
                       std::to_string(buffer.size()) + " bytes");
 }
+
+/// A piece of one HostCopy that fits a staging chunk.
+struct Piece {
+  const HostCopy *copy;
+  uint64_t within; // offset inside the copy's range
+  uint64_t bytes;
+};
+
 } // namespace
+
+/// Uploads (`toDevice`) or downloads every copy: host-visible ranges
+/// directly, the others through one reused staging buffer, one submission
+/// per chunk of at most kStagingChunk bytes.
+static void transfer(Device &dev, const std::vector<HostCopy> &copies,
+                     bool toDevice,
+                     const std::function<Buffer(uint64_t)> &allocateStaging,
+                     const std::function<VkBuffer(const Buffer &)> &handle) {
+  const char *what = toDevice ? "upload" : "download";
+  std::vector<Piece> pieces;
+  uint64_t total = 0;
+  for (const HostCopy &c : copies) {
+    const BufferRange &r = c.range;
+    const uint64_t bytes = r.bytes();
+    checkRange(r.buffer, bytes, r.offset, what);
+    if (bytes == 0)
+      continue;
+    if (!c.host)
+      throw VulkanError(std::string(what) + ": null host pointer");
+    if (r.buffer.hostVisible()) {
+      char *mapped = static_cast<char *>(r.buffer.mapped()) + r.offset;
+      if (toDevice)
+        std::memcpy(mapped, c.host, bytes);
+      else
+        std::memcpy(c.host, mapped, bytes);
+      continue;
+    }
+    for (uint64_t at = 0; at < bytes; at += kStagingChunk)
+      pieces.push_back({&c, at, std::min(kStagingChunk, bytes - at)});
+    total += bytes;
+  }
+  if (pieces.empty())
+    return;
+  Buffer staging = allocateStaging(std::min(total, kStagingChunk));
+  const Fns &fn = dev.fn;
+  char *mapped = static_cast<char *>(staging.mapped());
+  size_t next = 0;
+  while (next < pieces.size()) {
+    // Gather the pieces of this chunk.
+    size_t end = next;
+    uint64_t used = 0;
+    while (end < pieces.size() && used + pieces[end].bytes <= staging.size())
+      used += pieces[end++].bytes;
+    uint64_t at = 0;
+    if (toDevice)
+      for (size_t i = next; i < end; ++i) {
+        const Piece &p = pieces[i];
+        std::memcpy(mapped + at,
+                    static_cast<const char *>(p.copy->host) + p.within,
+                    p.bytes);
+        at += p.bytes;
+      }
+    dev.oneShot([&](VkCommandBuffer cb) {
+      // Earlier work may still read or write these ranges.
+      barrier(fn, cb, kAnyStage, kAnyWrite, VK_PIPELINE_STAGE_TRANSFER_BIT,
+              VK_ACCESS_TRANSFER_READ_BIT | VK_ACCESS_TRANSFER_WRITE_BIT);
+      uint64_t offset = 0;
+      for (size_t i = next; i < end; ++i) {
+        const Piece &p = pieces[i];
+        const uint64_t deviceOffset = p.copy->range.offset + p.within;
+        VkBufferCopy region = toDevice
+                                  ? VkBufferCopy{offset, deviceOffset, p.bytes}
+                                  : VkBufferCopy{deviceOffset, offset, p.bytes};
+        VkBuffer device = handle(p.copy->range.buffer);
+        VkBuffer host = handle(staging);
+        fn.CmdCopyBuffer(cb, toDevice ? host : device, toDevice ? device : host,
+                         1, &region);
+        offset += p.bytes;
+      }
+      if (toDevice)
+        barrier(fn, cb, VK_PIPELINE_STAGE_TRANSFER_BIT,
+                VK_ACCESS_TRANSFER_WRITE_BIT, kAnyStage, kAnyAccess);
+      else
+        barrier(fn, cb, VK_PIPELINE_STAGE_TRANSFER_BIT,
+                VK_ACCESS_TRANSFER_WRITE_BIT, VK_PIPELINE_STAGE_HOST_BIT,
+                VK_ACCESS_HOST_READ_BIT);
+    });
+    if (!toDevice)
+      for (size_t i = next; i < end; ++i) {
+        const Piece &p = pieces[i];
+        std::memcpy(static_cast<char *>(p.copy->host) + p.within, mapped + at,
+                    p.bytes);
+        at += p.bytes;
+      }
+    next = end;
+  }
+}
+
+void VulkanContext::upload(const std::vector<HostCopy> &copies) {
+  for (const HostCopy &c : copies)
+    if (c.range.buffer && c.range.buffer.state->dev != dev)
+      throw VulkanError("upload: a buffer of another context");
+  transfer(
+      *dev, copies, /*toDevice=*/true,
+      [&](uint64_t bytes) { return allocate(bytes, /*hostVisible=*/true); },
+      [](const Buffer &b) { return b.state->buffer; });
+}
+
+void VulkanContext::download(const std::vector<HostCopy> &copies) {
+  for (const HostCopy &c : copies)
+    if (c.range.buffer && c.range.buffer.state->dev != dev)
+      throw VulkanError("download: a buffer of another context");
+  transfer(
+      *dev, copies, /*toDevice=*/false,
+      [&](uint64_t bytes) { return allocate(bytes, /*hostVisible=*/true); },
+      [](const Buffer &b) { return b.state->buffer; });
+}
 
 void VulkanContext::upload(const Buffer &dst, const void *data, uint64_t bytes,
                            uint64_t offset) {
   checkRange(dst, bytes, offset, "upload");
   if (bytes == 0)
     return;
-  if (dst.hostVisible()) {
-    std::memcpy(static_cast<char *>(dst.mapped()) + offset, data, bytes);
-    return;
-  }
-  Buffer staging = allocate(bytes, /*hostVisible=*/true);
-  std::memcpy(staging.mapped(), data, bytes);
-  const Fns &fn = dev->fn;
-  dev->oneShot([&](VkCommandBuffer cb) {
-    // Earlier dispatches may still read or write the destination.
-    barrier(fn, cb, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
-            VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT,
-            VK_PIPELINE_STAGE_TRANSFER_BIT, VK_ACCESS_TRANSFER_WRITE_BIT);
-    VkBufferCopy region{0, offset, bytes};
-    fn.CmdCopyBuffer(cb, staging.state->buffer, dst.state->buffer, 1, &region);
-    barrier(fn, cb, VK_PIPELINE_STAGE_TRANSFER_BIT,
-            VK_ACCESS_TRANSFER_WRITE_BIT, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
-            VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT);
-  });
+  upload({HostCopy{BufferRange(dst, offset, bytes), const_cast<void *>(data)}});
 }
 
 void VulkanContext::download(const Buffer &src, void *data, uint64_t bytes,
@@ -489,29 +750,177 @@ void VulkanContext::download(const Buffer &src, void *data, uint64_t bytes,
   checkRange(src, bytes, offset, "download");
   if (bytes == 0)
     return;
-  if (src.hostVisible()) {
-    std::memcpy(data, static_cast<const char *>(src.mapped()) + offset, bytes);
-    return;
+  download({HostCopy{BufferRange(src, offset, bytes), data}});
+}
+
+void VulkanContext::fill(const std::vector<BufferRange> &ranges,
+                         uint32_t value) {
+  for (const BufferRange &r : ranges) {
+    const uint64_t bytes = r.bytes();
+    checkRange(r.buffer, bytes, r.offset, "fill");
+    if (r.buffer.state->dev != dev)
+      throw VulkanError("fill: a buffer of another context");
+    if (r.offset % 4 != 0 || bytes % 4 != 0)
+      throw VulkanError("fill: offset " + std::to_string(r.offset) +
+                        " and size " + std::to_string(bytes) +
+                        " must be multiples of 4");
   }
-  Buffer staging = allocate(bytes, /*hostVisible=*/true);
   const Fns &fn = dev->fn;
   dev->oneShot([&](VkCommandBuffer cb) {
-    barrier(fn, cb, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
-            VK_ACCESS_SHADER_WRITE_BIT, VK_PIPELINE_STAGE_TRANSFER_BIT,
-            VK_ACCESS_TRANSFER_READ_BIT);
-    VkBufferCopy region{offset, 0, bytes};
-    fn.CmdCopyBuffer(cb, src.state->buffer, staging.state->buffer, 1, &region);
+    barrier(fn, cb, kAnyStage, kAnyWrite, VK_PIPELINE_STAGE_TRANSFER_BIT,
+            VK_ACCESS_TRANSFER_WRITE_BIT);
+    for (const BufferRange &r : ranges)
+      if (r.bytes() > 0)
+        fn.CmdFillBuffer(cb, r.buffer.state->buffer, r.offset, r.bytes(),
+                         value);
     barrier(fn, cb, VK_PIPELINE_STAGE_TRANSFER_BIT,
-            VK_ACCESS_TRANSFER_WRITE_BIT, VK_PIPELINE_STAGE_HOST_BIT,
-            VK_ACCESS_HOST_READ_BIT);
+            VK_ACCESS_TRANSFER_WRITE_BIT,
+            kAnyStage | VK_PIPELINE_STAGE_HOST_BIT,
+            kAnyAccess | VK_ACCESS_HOST_READ_BIT);
   });
-  std::memcpy(data, staging.mapped(), bytes);
 }
+
+//===----------------------------------------------------------------------===//
+// PipelineCache
+//===----------------------------------------------------------------------===//
+
+namespace {
+const std::string &emptyString() {
+  static const std::string empty;
+  return empty;
+}
+} // namespace
+
+const std::string &PipelineCache::path() const {
+  return state ? state->path : emptyString();
+}
+
+uint64_t PipelineCache::loadedBytes() const {
+  return state ? state->loadedBytes : 0;
+}
+
+const std::string &PipelineCache::loadProblem() const {
+  return state ? state->loadProblem : emptyString();
+}
+
+std::vector<uint8_t> PipelineCache::data() const {
+  if (!state)
+    return {};
+  Device &dev = *state->dev;
+  size_t size = 0;
+  check(dev.fn.GetPipelineCacheData(dev.device, state->cache, &size, nullptr),
+        "vkGetPipelineCacheData");
+  std::vector<uint8_t> bytes(size);
+  // VK_INCOMPLETE: the cache grew in between; what fits is still valid.
+  VkResult got = dev.fn.GetPipelineCacheData(dev.device, state->cache, &size,
+                                             bytes.data());
+  if (got != VK_INCOMPLETE)
+    check(got, "vkGetPipelineCacheData");
+  bytes.resize(size);
+  return bytes;
+}
+
+std::string PipelineCache::save() const {
+  if (!state)
+    return "no pipeline cache";
+  if (state->path.empty())
+    return "the pipeline cache has no file";
+  std::vector<uint8_t> payload = data();
+  if (payload == state->onDisk)
+    return "";
+  std::vector<uint8_t> file(kCacheMagic, kCacheMagic + 4);
+  putU32(file, kCacheVersion);
+  putU64(file, payload.size());
+  putU64(file, fnv1a(payload.data(), payload.size()));
+  file.insert(file.end(), payload.begin(), payload.end());
+  namespace fs = std::filesystem;
+  const fs::path path(state->path);
+  std::error_code ec;
+  if (path.has_parent_path()) {
+    fs::create_directories(path.parent_path(), ec);
+    if (ec)
+      return "cannot create " + path.parent_path().string() + ": " +
+             ec.message();
+  }
+  try {
+    writeFileAtomically(state->path, file.data(), file.size());
+  } catch (const FormatError &e) {
+    return e.what();
+  }
+  state->onDisk = std::move(payload);
+  return "";
+}
+
+PipelineCache VulkanContext::createPipelineCache(const std::string &path) {
+  auto state = std::make_shared<PipelineCacheState>();
+  state->dev = dev;
+  state->path = path;
+  std::vector<uint8_t> payload;
+  if (!path.empty()) {
+    std::error_code ec;
+    if (std::filesystem::exists(path, ec)) {
+      std::ifstream in(path, std::ios::binary);
+      std::vector<uint8_t> file;
+      if (in)
+        file.assign(std::istreambuf_iterator<char>(in),
+                    std::istreambuf_iterator<char>());
+      const VkPhysicalDeviceProperties &p = dev->properties;
+      if (!in && !in.eof())
+        state->loadProblem = "cannot read it";
+      else if (file.size() < kCacheHeaderBytes ||
+               std::memcmp(file.data(), kCacheMagic, 4) != 0)
+        state->loadProblem = "not a bitloom pipeline cache";
+      else if (getU32(file.data() + 4) != kCacheVersion)
+        state->loadProblem =
+            "cache format version " + std::to_string(getU32(file.data() + 4)) +
+            " (this runtime writes " + std::to_string(kCacheVersion) + ")";
+      else if (getU64(file.data() + 8) != file.size() - kCacheHeaderBytes)
+        state->loadProblem = "truncated: the header says " +
+                             std::to_string(getU64(file.data() + 8)) +
+                             " bytes of data, the file has " +
+                             std::to_string(file.size() - kCacheHeaderBytes);
+      else if (getU64(file.data() + 16) !=
+               fnv1a(file.data() + kCacheHeaderBytes,
+                     file.size() - kCacheHeaderBytes))
+        state->loadProblem = "checksum mismatch";
+      else {
+        payload.assign(file.begin() + kCacheHeaderBytes, file.end());
+        // VkPipelineCacheHeaderVersionOne: drivers should refuse data of
+        // another device themselves, but not all check carefully.
+        const uint8_t *h = payload.data();
+        if (payload.size() < 32 || getU32(h) < 32 ||
+            getU32(h + 4) != VK_PIPELINE_CACHE_HEADER_VERSION_ONE)
+          state->loadProblem = "no Vulkan pipeline cache header";
+        else if (getU32(h + 8) != p.vendorID || getU32(h + 12) != p.deviceID ||
+                 std::memcmp(h + 16, p.pipelineCacheUUID, VK_UUID_SIZE) != 0)
+          state->loadProblem = "made by another device or driver version";
+        if (!state->loadProblem.empty())
+          payload.clear();
+      }
+    }
+  }
+  VkPipelineCacheCreateInfo info{};
+  info.sType = VK_STRUCTURE_TYPE_PIPELINE_CACHE_CREATE_INFO;
+  info.initialDataSize = payload.size();
+  info.pInitialData = payload.empty() ? nullptr : payload.data();
+  check(dev->fn.CreatePipelineCache(dev->device, &info, nullptr, &state->cache),
+        "vkCreatePipelineCache", path);
+  state->loadedBytes = payload.size();
+  state->onDisk = std::move(payload);
+  PipelineCache out;
+  out.state = std::move(state);
+  return out;
+}
+
+//===----------------------------------------------------------------------===//
+// Pipelines and command sequences
+//===----------------------------------------------------------------------===//
 
 Pipeline VulkanContext::createPipeline(const std::vector<uint32_t> &spirv,
                                        uint32_t numBuffers,
                                        uint32_t pushConstantBytes,
-                                       const std::string &entryPoint) {
+                                       const std::string &entryPoint,
+                                       const PipelineCache &cache) {
   if (spirv.empty() || spirv[0] != 0x07230203u)
     throw VulkanError("createPipeline: not SPIR-V (no magic number)");
   const uint32_t pushLimit = std::min<uint32_t>(128, dev->maxPushConstantsSize);
@@ -519,6 +928,8 @@ Pipeline VulkanContext::createPipeline(const std::vector<uint32_t> &spirv,
     throw VulkanError("createPipeline: " + std::to_string(pushConstantBytes) +
                       " bytes of push constants (a multiple of 4, at most " +
                       std::to_string(pushLimit) + ")");
+  if (cache && cache.state->dev != dev)
+    throw VulkanError("createPipeline: the cache belongs to another context");
   const Fns &fn = dev->fn;
   auto state = std::make_shared<PipelineState>();
   state->dev = dev;
@@ -571,9 +982,10 @@ Pipeline VulkanContext::createPipeline(const std::vector<uint32_t> &spirv,
   info.stage.module = module;
   info.stage.pName = entryPoint.c_str();
   info.layout = state->layout;
-  check(fn.CreateComputePipelines(dev->device, VK_NULL_HANDLE, 1, &info,
-                                  nullptr, &state->pipeline),
-        "vkCreateComputePipelines");
+  check(fn.CreateComputePipelines(dev->device,
+                                  cache ? cache.state->cache : VK_NULL_HANDLE,
+                                  1, &info, nullptr, &state->pipeline),
+        "vkCreateComputePipelines", "entry point " + entryPoint);
   Pipeline out;
   out.state = std::move(state);
   return out;
@@ -588,12 +1000,8 @@ CommandSequence VulkanContext::record() {
   // Neither one-time (it is replayed) nor simultaneous (each replay waits).
   check(dev->fn.BeginCommandBuffer(state->cb, &begin), "vkBeginCommandBuffer");
   // Order this replay after what came before on the queue: uploads, and the
-  // previous replay of this same sequence.
-  barrier(dev->fn, state->cb,
-          VK_PIPELINE_STAGE_TRANSFER_BIT | VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
-          VK_ACCESS_TRANSFER_WRITE_BIT | VK_ACCESS_SHADER_WRITE_BIT,
-          VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
-          VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT);
+  // previous replay of this same sequence (its dispatches and copies).
+  barrier(dev->fn, state->cb, kAnyStage, kAnyWrite, kAnyStage, kAnyAccess);
   CommandSequence out;
   out.state = std::move(state);
   return out;
@@ -609,7 +1017,7 @@ void VulkanContext::submitAndWait(CommandSequence &sequence) {
 }
 
 void VulkanContext::dispatch(const Pipeline &pipeline,
-                             const std::vector<Buffer> &buffers,
+                             const std::vector<BufferRange> &buffers,
                              const void *pushConstants, size_t pushBytes,
                              uint32_t groupsX, uint32_t groupsY,
                              uint32_t groupsZ) {
@@ -624,7 +1032,7 @@ void VulkanContext::dispatch(const Pipeline &pipeline,
 //===----------------------------------------------------------------------===//
 
 void CommandSequence::dispatch(const Pipeline &pipeline,
-                               const std::vector<Buffer> &buffers,
+                               const std::vector<BufferRange> &buffers,
                                const void *pushConstants, size_t pushBytes,
                                uint32_t groupsX, uint32_t groupsY,
                                uint32_t groupsZ) {
@@ -645,42 +1053,90 @@ void CommandSequence::dispatch(const Pipeline &pipeline,
     throw VulkanError(
         "dispatch: the pipeline takes " + std::to_string(p.pushConstantBytes) +
         " bytes of push constants, not " + std::to_string(pushBytes));
-  for (const Buffer &b : buffers)
-    if (!b || b.state->dev != state->dev)
-      throw VulkanError("dispatch: a null buffer or one of another context");
-
   Device &dev = *state->dev;
+  const VkPhysicalDeviceLimits &limits = dev.properties.limits;
+  for (size_t k = 0; k < buffers.size(); ++k) {
+    const BufferRange &r = buffers[k];
+    const std::string binding = "dispatch: binding " + std::to_string(k);
+    if (!r.buffer || r.buffer.state->dev != state->dev)
+      throw VulkanError(binding + ": a null buffer or one of another context");
+    const uint64_t whole = r.buffer.size();
+    if (r.size == 0)
+      throw VulkanError(binding + ": an empty range");
+    if (r.offset > whole ||
+        (r.size != BufferRange::kWholeSize && r.size > whole - r.offset))
+      throw VulkanError(
+          binding + ": range " + std::to_string(r.offset) + " + " +
+          (r.size == BufferRange::kWholeSize ? std::string("the rest")
+                                             : std::to_string(r.size)) +
+          " bytes does not fit its buffer of " + std::to_string(whole) +
+          " bytes");
+    if (r.offset == whole)
+      throw VulkanError(binding + ": an empty range at the end of its buffer");
+    const uint64_t align = limits.minStorageBufferOffsetAlignment;
+    if (align > 1 && r.offset % align != 0)
+      throw VulkanError(binding + ": offset " + std::to_string(r.offset) +
+                        " is not a multiple of the device's "
+                        "minStorageBufferOffsetAlignment (" +
+                        std::to_string(align) + ")");
+    if (r.bytes() > limits.maxStorageBufferRange)
+      throw VulkanError(binding + ": a range of " + std::to_string(r.bytes()) +
+                        " bytes (" + humanBytes(r.bytes()) +
+                        ") exceeds the device's maxStorageBufferRange (" +
+                        std::to_string(limits.maxStorageBufferRange) +
+                        " bytes)");
+  }
+  const uint32_t *maxGroups = limits.maxComputeWorkGroupCount;
+  if (groupsX > maxGroups[0] || groupsY > maxGroups[1] ||
+      groupsZ > maxGroups[2])
+    throw VulkanError(
+        "dispatch: " + std::to_string(groupsX) + " x " +
+        std::to_string(groupsY) + " x " + std::to_string(groupsZ) +
+        " workgroups exceed the device's maxComputeWorkGroupCount "
+        "(" +
+        std::to_string(maxGroups[0]) + " x " + std::to_string(maxGroups[1]) +
+        " x " + std::to_string(maxGroups[2]) + ")");
+
   const Fns &fn = dev.fn;
   VkCommandBuffer cb = state->cb;
-  if (state->dispatches > 0)
-    barrier(fn, cb, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
-            VK_ACCESS_SHADER_WRITE_BIT, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
-            VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT);
+  state->barrierBefore(SequenceState::Op::Dispatch);
 
   fn.CmdBindPipeline(cb, VK_PIPELINE_BIND_POINT_COMPUTE, p.pipeline);
   if (p.numBuffers > 0) {
-    VkDescriptorPoolSize size{VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, p.numBuffers};
-    VkDescriptorPoolCreateInfo poolInfo{};
-    poolInfo.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO;
-    poolInfo.maxSets = 1;
-    poolInfo.poolSizeCount = 1;
-    poolInfo.pPoolSizes = &size;
-    VkDescriptorPool pool = VK_NULL_HANDLE;
-    check(fn.CreateDescriptorPool(dev.device, &poolInfo, nullptr, &pool),
-          "vkCreateDescriptorPool");
-    state->pools.push_back(pool);
+    // Sets come from pools shared by many dispatches: a step of thousands
+    // of dispatches needs a few pools, not thousands.
+    if (state->setsLeft == 0 || state->descriptorsLeft < p.numBuffers) {
+      const uint32_t sets = 256;
+      const uint32_t descriptors = std::max<uint32_t>(sets * 8, p.numBuffers);
+      VkDescriptorPoolSize size{VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, descriptors};
+      VkDescriptorPoolCreateInfo poolInfo{};
+      poolInfo.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO;
+      poolInfo.maxSets = sets;
+      poolInfo.poolSizeCount = 1;
+      poolInfo.pPoolSizes = &size;
+      VkDescriptorPool pool = VK_NULL_HANDLE;
+      check(fn.CreateDescriptorPool(dev.device, &poolInfo, nullptr, &pool),
+            "vkCreateDescriptorPool");
+      state->pools.push_back(pool);
+      state->setsLeft = sets;
+      state->descriptorsLeft = descriptors;
+    }
     VkDescriptorSetAllocateInfo setInfo{};
     setInfo.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO;
-    setInfo.descriptorPool = pool;
+    setInfo.descriptorPool = state->pools.back();
     setInfo.descriptorSetCount = 1;
     setInfo.pSetLayouts = &p.setLayout;
     VkDescriptorSet set = VK_NULL_HANDLE;
     check(fn.AllocateDescriptorSets(dev.device, &setInfo, &set),
           "vkAllocateDescriptorSets");
+    --state->setsLeft;
+    state->descriptorsLeft -= p.numBuffers;
     std::vector<VkDescriptorBufferInfo> infos(p.numBuffers);
     std::vector<VkWriteDescriptorSet> writes(p.numBuffers);
     for (uint32_t b = 0; b < p.numBuffers; ++b) {
-      infos[b] = {buffers[b].state->buffer, 0, VK_WHOLE_SIZE};
+      const BufferRange &r = buffers[b];
+      infos[b] = {r.buffer.state->buffer, r.offset,
+                  r.size == BufferRange::kWholeSize ? VK_WHOLE_SIZE : r.size};
       writes[b].sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET;
       writes[b].dstSet = set;
       writes[b].dstBinding = b;
@@ -699,9 +1155,30 @@ void CommandSequence::dispatch(const Pipeline &pipeline,
   fn.CmdDispatch(cb, groupsX, groupsY, groupsZ);
 
   state->pipelines.push_back(pipeline.state);
-  for (const Buffer &b : buffers)
-    state->buffers.push_back(b.state);
+  for (const BufferRange &r : buffers)
+    state->buffers.push_back(r.buffer.state);
   ++state->dispatches;
+}
+
+void CommandSequence::copy(const Buffer &src, uint64_t srcOffset,
+                           const Buffer &dst, uint64_t dstOffset,
+                           uint64_t bytes) {
+  if (!state)
+    throw VulkanError("copy: the sequence was not made by record()");
+  if (state->finished)
+    throw VulkanError("copy: the sequence is finished");
+  checkRange(src, bytes, srcOffset, "copy (source)");
+  checkRange(dst, bytes, dstOffset, "copy (destination)");
+  if (src.state->dev != state->dev || dst.state->dev != state->dev)
+    throw VulkanError("copy: a buffer of another context");
+  if (bytes == 0)
+    return;
+  state->barrierBefore(SequenceState::Op::Copy);
+  VkBufferCopy region{srcOffset, dstOffset, bytes};
+  state->dev->fn.CmdCopyBuffer(state->cb, src.state->buffer, dst.state->buffer,
+                               1, &region);
+  state->buffers.push_back(src.state);
+  state->buffers.push_back(dst.state);
 }
 
 void CommandSequence::finish() {
@@ -710,10 +1187,9 @@ void CommandSequence::finish() {
   if (state->finished)
     return;
   const Fns &fn = state->dev->fn;
-  // Make the last dispatches' writes visible to copies (download) and to
-  // the host (host-visible buffers) after the wait.
-  barrier(fn, state->cb, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
-          VK_ACCESS_SHADER_WRITE_BIT,
+  // Make the last commands' writes visible to copies (download) and to the
+  // host (host-visible buffers, staged outputs) after the wait.
+  barrier(fn, state->cb, kAnyStage, kAnyWrite,
           VK_PIPELINE_STAGE_TRANSFER_BIT | VK_PIPELINE_STAGE_HOST_BIT,
           VK_ACCESS_TRANSFER_READ_BIT | VK_ACCESS_HOST_READ_BIT);
   check(fn.EndCommandBuffer(state->cb), "vkEndCommandBuffer");

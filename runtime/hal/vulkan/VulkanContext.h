@@ -2,15 +2,18 @@
 //
 // The compute core of the Vulkan backend: a logical device with one compute
 // queue on one physical device, device-local buffers filled and read back
-// through staging buffers, compute pipelines built from SPIR-V words, and
-// command sequences that are recorded once (dispatches separated by
-// compute-to-compute barriers) and replayed many times, as the runtime
-// records a whole training step once and replays it every step.
+// through staging buffers, compute pipelines built from SPIR-V words
+// (optionally through a pipeline cache kept in a file), and command
+// sequences that are recorded once (dispatches and copies separated by
+// barriers) and replayed many times, as the runtime records a whole training
+// step once and replays it every step. A dispatch binds buffer ranges
+// (buffer, offset, size), checked against the device's storage buffer
+// limits, so one arena or weight pool serves many bindings.
 //
 // Like VulkanDevices.h this header has no Vulkan types: handles stay inside
-// the implementation. Every object (Buffer, Pipeline, CommandSequence) keeps
-// the device alive, so they may be destroyed in any order relative to their
-// VulkanContext.
+// the implementation. Every object (Buffer, Pipeline, PipelineCache,
+// CommandSequence) keeps the device alive, so they may be destroyed in any
+// order relative to their VulkanContext.
 //
 //===----------------------------------------------------------------------===//
 #ifndef BITLOOM_HAL_VULKAN_VULKANCONTEXT_H
@@ -22,6 +25,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace bitloom::vulkan {
@@ -30,6 +34,7 @@ namespace detail {
 struct Device;
 struct BufferState;
 struct PipelineState;
+struct PipelineCacheState;
 struct SequenceState;
 } // namespace detail
 
@@ -53,6 +58,30 @@ private:
   std::shared_ptr<detail::BufferState> state;
 };
 
+/// `size` bytes of `buffer` from `offset`; kWholeSize: the rest of the
+/// buffer. A Buffer converts to its whole range.
+struct BufferRange {
+  static constexpr uint64_t kWholeSize = ~uint64_t(0);
+  Buffer buffer;
+  uint64_t offset = 0;
+  uint64_t size = kWholeSize;
+
+  BufferRange() = default;
+  BufferRange(Buffer buffer) : buffer(std::move(buffer)) {}
+  BufferRange(Buffer buffer, uint64_t offset, uint64_t size)
+      : buffer(std::move(buffer)), offset(offset), size(size) {}
+  explicit operator bool() const { return bool(buffer); }
+  /// The size in bytes, kWholeSize resolved (0 when out of range).
+  uint64_t bytes() const;
+};
+
+/// One transfer between host memory and a device range (upload reads
+/// `host`, download writes it; range.bytes() bytes).
+struct HostCopy {
+  BufferRange range;
+  void *host = nullptr;
+};
+
 /// A compute pipeline: shader module, a descriptor set layout of
 /// `numBuffers` storage buffers at bindings 0..numBuffers-1 and a push
 /// constant range of `pushConstantBytes` (at most 128) bytes.
@@ -69,18 +98,55 @@ private:
   std::shared_ptr<detail::PipelineState> state;
 };
 
-/// A primary command buffer being recorded (dispatch) or recorded (after
-/// finish), replayable any number of times with
+/// A VkPipelineCache, optionally loaded from and saved to a file. The file
+/// is the driver's cache data behind a small header of ours (magic, length,
+/// checksum), so a truncated or corrupt file is noticed before the driver
+/// sees it; data of another device or driver version is not loaded either.
+class PipelineCache {
+public:
+  PipelineCache() = default;
+  explicit operator bool() const { return state != nullptr; }
+  /// The file; empty for a cache kept in memory only.
+  const std::string &path() const;
+  /// Bytes of driver data loaded from the file (0: started empty).
+  uint64_t loadedBytes() const;
+  /// Why an existing file was not loaded (unreadable, corrupt, made by
+  /// another device or driver); empty when it was loaded or did not exist.
+  const std::string &loadProblem() const;
+  /// The driver's current cache data (vkGetPipelineCacheData).
+  std::vector<uint8_t> data() const;
+  /// Writes the current data to path() atomically, creating its directory,
+  /// unless it equals what was loaded or last saved. Returns an empty string
+  /// on success, else why not (a cache that cannot be written is worth a
+  /// warning, not an error). Throws only for Vulkan failures.
+  std::string save() const;
+
+private:
+  friend class VulkanContext;
+  std::shared_ptr<detail::PipelineCacheState> state;
+};
+
+/// A primary command buffer being recorded (dispatch, copy) or recorded
+/// (after finish), replayable any number of times with
 /// VulkanContext::submitAndWait. It holds the pipelines and buffers it uses.
 class CommandSequence {
 public:
   CommandSequence() = default;
-  /// Records a dispatch of `pipeline` over `buffers` (binding k gets
-  /// buffers[k]) with `pushBytes` bytes of push constants. A
-  /// compute-to-compute memory barrier separates it from the previous one.
-  void dispatch(const Pipeline &pipeline, const std::vector<Buffer> &buffers,
+  /// Records a dispatch of `pipeline` over `buffers` (binding k gets the
+  /// range buffers[k]) with `pushBytes` bytes of push constants. A memory
+  /// barrier separates it from the previous command. Each range must lie
+  /// inside its buffer, start at a multiple of the device's
+  /// minStorageBufferOffsetAlignment and span at most maxStorageBufferRange
+  /// bytes (VulkanError naming the binding otherwise).
+  void dispatch(const Pipeline &pipeline,
+                const std::vector<BufferRange> &buffers,
                 const void *pushConstants, size_t pushBytes, uint32_t groupsX,
                 uint32_t groupsY = 1, uint32_t groupsZ = 1);
+  /// Records a copy of `bytes` bytes from `src` at `srcOffset` to `dst` at
+  /// `dstOffset` (the runtime's staging in and out of a replayed step),
+  /// after a barrier on the previous command.
+  void copy(const Buffer &src, uint64_t srcOffset, const Buffer &dst,
+            uint64_t dstOffset, uint64_t bytes);
   /// Ends the recording; submitAndWait calls it when needed.
   void finish();
   bool finished() const;
@@ -91,13 +157,26 @@ private:
   std::shared_ptr<detail::SequenceState> state;
 };
 
+/// Optional device features to enable at device creation: what a device
+/// profile's kernels use (int8 / fp16 arithmetic, 8/16-bit storage, integer
+/// dot product). The device must offer each one asked for.
+struct DeviceFeatures {
+  bool shaderInt8 = false;
+  bool shaderFloat16 = false;
+  bool storageBuffer8BitAccess = false;
+  bool storageBuffer16BitAccess = false;
+  bool integerDotProduct = false;
+};
+
 class VulkanContext {
 public:
   /// A device on physical device `deviceIndex` of `instance` (a new
-  /// VulkanInstance when null). Throws VulkanError when the index is out of
-  /// range or the device has no compute queue.
+  /// VulkanInstance when null), with `features` enabled. Throws VulkanError
+  /// when the index is out of range, the device has no compute queue or
+  /// lacks a feature asked for.
   explicit VulkanContext(uint32_t deviceIndex = 0,
-                         std::shared_ptr<VulkanInstance> instance = nullptr);
+                         std::shared_ptr<VulkanInstance> instance = nullptr,
+                         const DeviceFeatures &features = DeviceFeatures());
   ~VulkanContext();
   VulkanContext(const VulkanContext &) = delete;
   VulkanContext &operator=(const VulkanContext &) = delete;
@@ -110,17 +189,32 @@ public:
   /// VulkanOutOfMemory when the memory cannot be had.
   Buffer allocate(uint64_t bytes, bool hostVisible = false);
   /// Copies `bytes` bytes into `dst` at `offset`, through a staging buffer
-  /// and a one-shot command buffer unless `dst` is host-visible; waits.
+  /// (of at most 64 MiB, reused chunk by chunk) and one-shot command
+  /// buffers unless `dst` is host-visible; waits.
   void upload(const Buffer &dst, const void *data, uint64_t bytes,
               uint64_t offset = 0);
   /// The reverse of upload.
   void download(const Buffer &src, void *data, uint64_t bytes,
                 uint64_t offset = 0);
+  /// Many uploads through one staging buffer and as few submissions as the
+  /// 64 MiB staging chunks allow (e.g. every state tensor of a checkpoint).
+  void upload(const std::vector<HostCopy> &copies);
+  /// Many downloads, batched the same way.
+  void download(const std::vector<HostCopy> &copies);
+  /// Fills every range with the 32-bit `value` (vkCmdFillBuffer: offsets
+  /// and sizes multiples of 4) in one submission; waits.
+  void fill(const std::vector<BufferRange> &ranges, uint32_t value = 0);
 
-  /// A compute pipeline from SPIR-V words (entry point `entryPoint`).
+  /// A pipeline cache loaded from `path` when that file holds valid data
+  /// for this device and driver (else empty, loadProblem() says why); an
+  /// in-memory cache when `path` is empty.
+  PipelineCache createPipelineCache(const std::string &path = "");
+  /// A compute pipeline from SPIR-V words (entry point `entryPoint`),
+  /// created through `cache` when one is given.
   Pipeline createPipeline(const std::vector<uint32_t> &spirv,
                           uint32_t numBuffers, uint32_t pushConstantBytes,
-                          const std::string &entryPoint = "main");
+                          const std::string &entryPoint = "main",
+                          const PipelineCache &cache = PipelineCache());
 
   /// Starts recording a command sequence.
   CommandSequence record();
@@ -128,7 +222,8 @@ public:
   /// and waits for it.
   void submitAndWait(CommandSequence &sequence);
   /// One dispatch, recorded, submitted and waited for.
-  void dispatch(const Pipeline &pipeline, const std::vector<Buffer> &buffers,
+  void dispatch(const Pipeline &pipeline,
+                const std::vector<BufferRange> &buffers,
                 const void *pushConstants, size_t pushBytes, uint32_t groupsX,
                 uint32_t groupsY = 1, uint32_t groupsZ = 1);
 

@@ -260,6 +260,10 @@ DeviceInfo VulkanInstance::Impl::describe(VkPhysicalDevice device,
   for (int k = 0; k < 3; ++k)
     d.maxComputeWorkGroupSize[k] = limits.maxComputeWorkGroupSize[k];
   d.maxStorageBufferRange = limits.maxStorageBufferRange;
+  d.minStorageBufferOffsetAlignment = limits.minStorageBufferOffsetAlignment;
+  for (int k = 0; k < 3; ++k)
+    d.maxComputeWorkGroupCount[k] = limits.maxComputeWorkGroupCount[k];
+  d.maxPushConstantsSize = limits.maxPushConstantsSize;
 
   uint32_t extCount = 0;
   check(api.enumerateDeviceExtensions(device, nullptr, &extCount, nullptr),

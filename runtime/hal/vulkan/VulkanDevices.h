@@ -57,6 +57,10 @@ struct DeviceInfo {
   uint32_t maxComputeWorkGroupInvocations = 0;
   std::array<uint32_t, 3> maxComputeWorkGroupSize = {0, 0, 0};
   uint64_t maxStorageBufferRange = 0;
+  /// Offsets of storage buffer bindings must be multiples of this.
+  uint64_t minStorageBufferOffsetAlignment = 0;
+  std::array<uint32_t, 3> maxComputeWorkGroupCount = {0, 0, 0};
+  uint32_t maxPushConstantsSize = 0;
   /// The largest heap with VK_MEMORY_HEAP_DEVICE_LOCAL_BIT, in bytes.
   uint64_t deviceLocalHeapSize = 0;
 };

@@ -10,7 +10,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 
@@ -259,6 +262,234 @@ TEST(VulkanContext, DeviceIndexOutOfRangeThrows) {
     FAIL() << "a context on a device that does not exist";
   } catch (const VulkanError &e) {
     EXPECT_NE(std::string(e.what()).find("no Vulkan device"), std::string::npos)
+        << e.what();
+  }
+}
+
+//===----------------------------------------------------------------------===//
+// Buffer ranges, batched transfers, recorded copies, pipeline caches
+//===----------------------------------------------------------------------===//
+
+namespace {
+
+uint64_t alignTo(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
+
+} // namespace
+
+// x and y live in one buffer; the dispatch binds the two ranges.
+TEST_F(VulkanContextTest, DispatchOnBufferRanges) {
+  const uint32_t n = 1000;
+  const uint64_t align =
+      std::max<uint64_t>(16, ctx->device().minStorageBufferOffsetAlignment);
+  const uint64_t xOffset = align, yOffset = alignTo(xOffset + n * 4, align);
+  const uint64_t total = yOffset + n * 4 + align;
+  std::vector<float> x = values(n, 5), y = values(n, 6);
+  std::vector<float> all(total / 4, 7.0f); // sentinels around the ranges
+  std::memcpy(&all[xOffset / 4], x.data(), n * 4);
+  std::memcpy(&all[yOffset / 4], y.data(), n * 4);
+  Buffer buffer = ctx->allocate(total);
+  ctx->upload(buffer, all.data(), total);
+
+  Pipeline saxpy =
+      ctx->createPipeline(loadShader("saxpy"), 2, sizeof(SaxpyPush));
+  const SaxpyPush push{-1.5f, n};
+  ctx->dispatch(saxpy,
+                {BufferRange(buffer, xOffset, n * 4),
+                 BufferRange(buffer, yOffset, BufferRange::kWholeSize)},
+                &push, sizeof push, groupsFor(n));
+  saxpyReference(-1.5f, x, y);
+  std::memcpy(&all[yOffset / 4], y.data(), n * 4);
+  std::vector<float> got(total / 4);
+  ctx->download(buffer, got.data(), total);
+  EXPECT_EQ(got, all);
+  EXPECT_EQ(BufferRange(buffer, yOffset, BufferRange::kWholeSize).bytes(),
+            total - yOffset);
+  EXPECT_EQ(BufferRange(buffer).bytes(), total);
+}
+
+TEST_F(VulkanContextTest, BufferRangeErrorsNameTheBindingAndLimit) {
+  Pipeline saxpy =
+      ctx->createPipeline(loadShader("saxpy"), 2, sizeof(SaxpyPush));
+  const uint64_t align = ctx->device().minStorageBufferOffsetAlignment;
+  Buffer b = ctx->allocate(4096);
+  const SaxpyPush push{1.0f, 16};
+  auto expectError = [&](const std::vector<BufferRange> &ranges,
+                         const std::string &expected) {
+    CommandSequence seq = ctx->record();
+    try {
+      seq.dispatch(saxpy, ranges, &push, sizeof push, 1);
+      ADD_FAILURE() << "no error; expected: " << expected;
+    } catch (const VulkanError &e) {
+      EXPECT_NE(std::string(e.what()).find(expected), std::string::npos)
+          << e.what();
+    }
+  };
+  if (align > 4)
+    expectError({BufferRange(b, 4, 64), b},
+                "dispatch: binding 0: offset 4 is not a multiple of the "
+                "device's minStorageBufferOffsetAlignment (" +
+                    std::to_string(align) + ")");
+  expectError({b, BufferRange(b, 4096 - 256, 512)},
+              "dispatch: binding 1: range 3840 + 512 bytes does not fit its "
+              "buffer of 4096 bytes");
+  expectError({b, BufferRange(b, 0, 0)}, "dispatch: binding 1: an empty range");
+  expectError({b, BufferRange(b, 4096, BufferRange::kWholeSize)},
+              "dispatch: binding 1: an empty range at the end of its buffer");
+  expectError({b, BufferRange()}, "dispatch: binding 1: a null buffer");
+
+  const uint64_t maxRange = ctx->device().maxStorageBufferRange;
+  if (maxRange > (uint64_t(256) << 20))
+    return; // too large to allocate here just for the check
+  Buffer big = ctx->allocate(maxRange + 256);
+  expectError({b, big}, "dispatch: binding 1: a range of " +
+                            std::to_string(maxRange + 256) + " bytes (" +
+                            humanBytes(maxRange + 256) +
+                            ") exceeds the device's maxStorageBufferRange (" +
+                            std::to_string(maxRange) + " bytes)");
+  // The same buffer bound by ranges within the limit is fine.
+  CommandSequence seq = ctx->record();
+  seq.dispatch(saxpy, {b, BufferRange(big, 256, maxRange)}, &push, sizeof push,
+               1);
+}
+
+// Many ranges in few submissions, and transfers larger than one 64 MiB
+// staging chunk.
+TEST_F(VulkanContextTest, BatchedTransfersAndFill) {
+  const uint64_t bigBytes = (uint64_t(64) << 20) + 4096 + 12;
+  std::vector<uint8_t> big(bigBytes);
+  for (size_t i = 0; i < big.size(); ++i)
+    big[i] = uint8_t(i * 7 + (i >> 12));
+  std::vector<float> a = values(100, 1), b = values(300, 2);
+  Buffer pool = ctx->allocate(8192);
+  Buffer large = ctx->allocate(bigBytes + 100);
+  ctx->upload({HostCopy{BufferRange(pool, 0, 400), a.data()},
+               HostCopy{BufferRange(large, 100, bigBytes), big.data()},
+               HostCopy{BufferRange(pool, 4096, 1200), b.data()}});
+  std::vector<float> a2(100), b2(300);
+  std::vector<uint8_t> big2(bigBytes);
+  ctx->download({HostCopy{BufferRange(pool, 4096, 1200), b2.data()},
+                 HostCopy{BufferRange(large, 100, bigBytes), big2.data()},
+                 HostCopy{BufferRange(pool, 0, 400), a2.data()}});
+  EXPECT_EQ(a2, a);
+  EXPECT_EQ(b2, b);
+  EXPECT_TRUE(big2 == big);
+
+  ctx->fill({BufferRange(pool, 0, 200), BufferRange(pool, 4096 + 400, 400)});
+  ctx->download({HostCopy{BufferRange(pool, 0, 400), a2.data()},
+                 HostCopy{BufferRange(pool, 4096, 1200), b2.data()}});
+  for (size_t i = 0; i < 100; ++i)
+    EXPECT_EQ(a2[i], i < 50 ? 0.0f : a[i]) << i;
+  for (size_t i = 0; i < 300; ++i)
+    EXPECT_EQ(b2[i], i >= 100 && i < 200 ? 0.0f : b[i]) << i;
+  EXPECT_THROW(ctx->fill({BufferRange(pool, 2, 8)}), VulkanError);
+  EXPECT_THROW(ctx->upload({HostCopy{BufferRange(pool, 8000, 400), a.data()}}),
+               VulkanError);
+}
+
+// The runtime's step: staged input copied in, dispatches, output copied
+// out, all in one recorded sequence replayed with new host data.
+TEST_F(VulkanContextTest, RecordedCopiesAroundDispatches) {
+  const uint32_t n = 500;
+  Pipeline saxpy =
+      ctx->createPipeline(loadShader("saxpy"), 2, sizeof(SaxpyPush));
+  Buffer staging = ctx->allocate(2 * n * 4, /*hostVisible=*/true);
+  Buffer xs = ctx->allocate(n * 4), ys = ctx->allocate(n * 4);
+  std::vector<float> y(n, 0.0f);
+  ctx->upload(ys, y.data(), n * 4);
+  CommandSequence step = ctx->record();
+  step.copy(staging, 0, xs, 0, n * 4);
+  const SaxpyPush push{2.0f, n};
+  step.dispatch(saxpy, {xs, ys}, &push, sizeof push, groupsFor(n));
+  step.copy(ys, 0, staging, n * 4, n * 4);
+  EXPECT_THROW(step.copy(xs, 0, ys, 4, n * 4), VulkanError);
+  for (int replay = 0; replay < 3; ++replay) {
+    std::vector<float> x = values(n, 30 + replay);
+    std::memcpy(staging.mapped(), x.data(), n * 4);
+    ctx->submitAndWait(step);
+    saxpyReference(2.0f, x, y);
+    std::vector<float> got(n);
+    std::memcpy(got.data(), static_cast<char *>(staging.mapped()) + n * 4,
+                n * 4);
+    EXPECT_EQ(got, y) << "replay " << replay;
+  }
+}
+
+TEST_F(VulkanContextTest, PipelineCacheFile) {
+  char tmpl[] = "/tmp/bitloom-pcache-XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl, path = dir + "/sub/cache.bin";
+  std::vector<uint32_t> spirv = loadShader("saxpy");
+
+  PipelineCache cold = ctx->createPipelineCache(path);
+  EXPECT_EQ(cold.path(), path);
+  EXPECT_EQ(cold.loadedBytes(), 0u);
+  EXPECT_EQ(cold.loadProblem(), "");
+  ctx->createPipeline(spirv, 2, sizeof(SaxpyPush), "main", cold);
+  EXPECT_EQ(cold.save(), "");
+  std::ifstream in(path, std::ios::binary);
+  std::vector<char> file((std::istreambuf_iterator<char>(in)),
+                         std::istreambuf_iterator<char>());
+  ASSERT_GE(file.size(), 24u + 32u);
+
+  PipelineCache warm = ctx->createPipelineCache(path);
+  EXPECT_EQ(warm.loadedBytes(), file.size() - 24);
+  EXPECT_EQ(warm.loadProblem(), "");
+  Pipeline p = ctx->createPipeline(spirv, 2, sizeof(SaxpyPush), "main", warm);
+  Buffer xs = ctx->allocate(256, true), ys = ctx->allocate(256, true);
+  std::memset(xs.mapped(), 0, 256);
+  std::memset(ys.mapped(), 0, 256);
+  static_cast<float *>(xs.mapped())[3] = 2.0f;
+  const SaxpyPush push{3.0f, 64};
+  ctx->dispatch(p, {xs, ys}, &push, sizeof push, 1);
+  EXPECT_EQ(static_cast<float *>(ys.mapped())[3], 6.0f);
+
+  auto rewrite = [&](std::vector<char> bytes) {
+    std::ofstream(path, std::ios::binary)
+        .write(bytes.data(), std::streamsize(bytes.size()));
+  };
+  rewrite(std::vector<char>(file.begin(), file.end() - 5));
+  EXPECT_NE(ctx->createPipelineCache(path).loadProblem().find("truncated"),
+            std::string::npos);
+  rewrite({'G', 'G', 'U', 'F'});
+  EXPECT_EQ(ctx->createPipelineCache(path).loadProblem(),
+            "not a bitloom pipeline cache");
+  // Another device's data (vendor ID changed, checksum made to match).
+  std::vector<char> other = file;
+  other[24 + 8] ^= 1;
+  uint64_t h = 1469598103934665603ull;
+  for (size_t i = 24; i < other.size(); ++i)
+    h = (h ^ uint8_t(other[i])) * 1099511628211ull;
+  std::memcpy(&other[16], &h, 8);
+  rewrite(other);
+  PipelineCache foreign = ctx->createPipelineCache(path);
+  EXPECT_EQ(foreign.loadProblem(), "made by another device or driver version");
+  EXPECT_EQ(foreign.loadedBytes(), 0u);
+
+  PipelineCache memory = ctx->createPipelineCache();
+  EXPECT_EQ(memory.path(), "");
+  EXPECT_NE(memory.save(), "");
+  std::filesystem::remove_all(dir);
+}
+
+TEST_F(VulkanContextTest, DeviceFeatures) {
+  const DeviceInfo &d = ctx->device();
+  DeviceFeatures offered;
+  offered.shaderInt8 = d.shaderInt8;
+  offered.shaderFloat16 = d.shaderFloat16;
+  offered.storageBuffer8BitAccess = d.storageBuffer8BitAccess;
+  offered.storageBuffer16BitAccess = d.storageBuffer16BitAccess;
+  offered.integerDotProduct = d.integerDotProduct;
+  VulkanContext withFeatures(0, nullptr, offered);
+  EXPECT_EQ(withFeatures.allocate(64).size(), 64u);
+  if (d.shaderInt8 && d.shaderFloat16 && d.integerDotProduct)
+    GTEST_SKIP() << "the device offers every feature";
+  DeviceFeatures all;
+  all.shaderInt8 = all.shaderFloat16 = all.integerDotProduct = true;
+  try {
+    VulkanContext lacking(0, nullptr, all);
+    FAIL() << "enabled a feature the device lacks";
+  } catch (const VulkanError &e) {
+    EXPECT_NE(std::string(e.what()).find(") lacks "), std::string::npos)
         << e.what();
   }
 }

@@ -1,0 +1,639 @@
+//===- CompileVulkan.cpp - A trained step to SPIR-V dispatches ------------===//
+#include "codegen/vulkan/CompileVulkan.h"
+
+#include "formats/Error.h"
+#include "hal/vulkan/DeviceProfile.h"
+
+#include "mlir/Conversion/SCFToGPU/SCFToGPU.h"
+#include "mlir/Dialect/Affine/IR/AffineOps.h"
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/GPU/IR/GPUDialect.h"
+#include "mlir/Dialect/GPU/Transforms/ParallelLoopMapper.h"
+#include "mlir/Dialect/GPU/Transforms/Passes.h"
+#include "mlir/Dialect/Linalg/IR/Linalg.h"
+#include "mlir/Dialect/Linalg/Passes.h"
+#include "mlir/Dialect/Math/IR/Math.h"
+#include "mlir/Dialect/MemRef/IR/MemRef.h"
+#include "mlir/Dialect/SCF/IR/SCF.h"
+#include "mlir/Dialect/SCF/Transforms/Transforms.h"
+#include "mlir/Dialect/SCF/Utils/Utils.h"
+#include "mlir/Dialect/SPIRV/IR/TargetAndABI.h"
+#include "mlir/Conversion/Passes.h"
+#include "mlir/IR/IRMapping.h"
+#include "mlir/IR/PatternMatch.h"
+#include "mlir/Pass/PassManager.h"
+#include "mlir/Transforms/DialectConversion.h"
+#include "mlir/Transforms/Passes.h"
+#include "mlir/Transforms/RegionUtils.h"
+
+#include "llvm/ADT/DenseMap.h"
+#include "llvm/ADT/SetVector.h"
+#include "llvm/ADT/StringMap.h"
+
+#include <map>
+
+using namespace mlir;
+
+namespace bitloom::codegen::vulkan {
+
+KernelTarget kernelTargetForProfile(const std::string &name) {
+  const bitloom::vulkan::DeviceProfile &p = bitloom::vulkan::findProfile(name);
+  KernelTarget t;
+  t.subgroupSize = std::max<int64_t>(1, p.minSubgroupSize);
+  t.sharedMemoryBytes =
+      std::max<int64_t>(16384, p.minComputeSharedMemorySize);
+  t.maxWorkgroupInvocations =
+      std::max<int64_t>(128, p.minComputeWorkGroupInvocations);
+  t.int8Arithmetic = p.shaderInt8;
+  t.storage8Bit = p.storageBuffer8BitAccess;
+  t.storage16Bit = p.storageBuffer16BitAccess;
+  t.integerDotProduct = p.integerDotProduct;
+  // Kernels accumulate in f32 on every profile: mobile GPUs have no f64.
+  t.float64 = false;
+  return t;
+}
+
+namespace {
+
+[[noreturn]] void fail(Operation *op, const std::string &what) {
+  std::string where;
+  llvm::raw_string_ostream os(where);
+  op->getLoc().print(os);
+  throw FormatError("", "compile --target vulkan",
+                    what + " (" + op->getName().getStringRef().str() +
+                        " at " + where + ")");
+}
+
+bool isMicroKernelCall(Operation *op) {
+  auto call = dyn_cast<func::CallOp>(op);
+  return call && call.getCallee().starts_with("bitloom_uk_");
+}
+
+/// Ops that only name memory (no work of their own on a device).
+bool isView(Operation *op) {
+  return isa<memref::ViewOp, memref::CastOp, memref::CollapseShapeOp,
+             memref::ExpandShapeOp, memref::ReinterpretCastOp,
+             memref::SubViewOp>(op);
+}
+
+/// Scalar host computations (a hyperparameter loaded from its buffer and the
+/// arithmetic on it) that device code reads: each kernel recomputes them.
+bool isScalarOp(Operation *op) {
+  if (op->getNumRegions() != 0 || op->getNumResults() != 1)
+    return false;
+  if (isa<memref::LoadOp>(op))
+    return true;
+  Dialect *dialect = op->getDialect();
+  return dialect && isa<arith::ArithDialect, math::MathDialect>(dialect) &&
+         !isa<MemRefType>(op->getResult(0).getType());
+}
+
+/// Clones into the first block of each region of `op` the chains of
+/// scalar ops its body reads from above, so that outlining captures buffers
+/// only (a kernel reads the hyperparameter from its buffer).
+/// With `kernel` (a gpu.launch), constants and dynamic subviews (a KV cache
+/// row at a position read from a buffer) go in too.
+void sinkScalarChains(Operation *op, bool kernel = false) {
+  for (Region &region : op->getRegions()) {
+    llvm::SetVector<Value> above;
+    getUsedValuesDefinedAbove(region, above);
+    // The chain, in dependency order.
+    llvm::SetVector<Operation *> chain;
+    std::function<void(Value)> collect = [&](Value v) {
+      Operation *def = v.getDefiningOp();
+      if (!def || chain.contains(def))
+        return;
+      bool constant = def->hasTrait<OpTrait::ConstantLike>();
+      bool sink = kernel ? constant || isScalarOp(def) ||
+                               isa<memref::SubViewOp>(def)
+                         : !constant && isScalarOp(def);
+      if (!sink)
+        return;
+      for (Value operand : def->getOperands())
+        collect(operand);
+      chain.insert(def);
+    };
+    for (Value v : above)
+      collect(v);
+    if (chain.empty())
+      continue;
+    OpBuilder b = OpBuilder::atBlockBegin(&region.front());
+    IRMapping map;
+    for (Operation *def : chain)
+      b.clone(*def, map);
+    for (Operation *def : chain)
+      replaceAllUsesInRegionWith(def->getResult(0),
+                                 map.lookup(def->getResult(0)), region);
+  }
+}
+
+/// A linalg op without parallel dimensions (a full reduction, or 0-d
+/// arithmetic) goes into a one-iteration parallel loop: one device thread.
+void wrapInParallel(Operation *op) {
+  OpBuilder b(op);
+  Location loc = op->getLoc();
+  Value zero = arith::ConstantIndexOp::create(b, loc, 0);
+  Value one = arith::ConstantIndexOp::create(b, loc, 1);
+  auto parallel = scf::ParallelOp::create(b, loc, ValueRange{zero},
+                                          ValueRange{one}, ValueRange{one});
+  op->moveBefore(parallel.getBody()->getTerminator());
+}
+
+/// Demotes f64 arithmetic in a kernel to f32: mobile GPUs have no f64, and
+/// the generated accumulations stay within the f32 paths' tolerance.
+void demoteF64(gpu::GPUFuncOp func) {
+  MLIRContext *ctx = func.getContext();
+  Type f64 = Float64Type::get(ctx), f32 = Float32Type::get(ctx);
+  // f64 buffers (accumulators in the arena) hold f32 in every kernel alike.
+  auto demoted = [&](Type type) -> Type {
+    if (type == f64)
+      return f32;
+    if (auto memref = dyn_cast<MemRefType>(type);
+        memref && memref.getElementType() == f64)
+      return MemRefType::get(memref.getShape(), f32, memref.getLayout(),
+                             memref.getMemorySpace());
+    return type;
+  };
+  SmallVector<Type> inputs;
+  for (BlockArgument arg : func.getArguments()) {
+    arg.setType(demoted(arg.getType()));
+    inputs.push_back(arg.getType());
+  }
+  func.setFunctionType(FunctionType::get(ctx, inputs, {}));
+  func.walk([&](Operation *op) {
+    for (Region &region : op->getRegions())
+      for (Block &block : region)
+        for (BlockArgument arg : block.getArguments())
+          arg.setType(demoted(arg.getType()));
+    if (auto constant = dyn_cast<arith::ConstantOp>(op)) {
+      if (auto value = dyn_cast<FloatAttr>(constant.getValue());
+          value && value.getType() == f64) {
+        auto attr = FloatAttr::get(f32, value.getValueAsDouble());
+        constant.setValueAttr(attr);
+        constant.getResult().setType(f32);
+      }
+      return;
+    }
+    for (Value result : op->getResults())
+      result.setType(demoted(result.getType()));
+  });
+  // extf f32 -> f32 and truncf f32 -> f32 are now identities.
+  func.walk([&](Operation *op) {
+    if (!isa<arith::ExtFOp, arith::TruncFOp>(op))
+      return;
+    if (op->getOperand(0).getType() == op->getResult(0).getType()) {
+      op->getResult(0).replaceAllUsesWith(op->getOperand(0));
+      op->erase();
+    }
+  });
+}
+
+/// bf16 buffers (frozen embeddings) are read as their 16-bit patterns and
+/// widened exactly (bits << 16): SPIR-V has no bf16 loads.
+void widenBF16Arguments(gpu::GPUFuncOp func) {
+  MLIRContext *ctx = func.getContext();
+  Type i16 = IntegerType::get(ctx, 16), i32 = IntegerType::get(ctx, 32),
+       f32 = Float32Type::get(ctx);
+  SmallVector<Type> inputs;
+  bool changed = false;
+  for (BlockArgument arg : func.getArguments()) {
+    auto type = dyn_cast<MemRefType>(arg.getType());
+    if (!type || !type.getElementType().isBF16()) {
+      inputs.push_back(arg.getType());
+      continue;
+    }
+    auto bits = MemRefType::get(type.getShape(), i16, type.getLayout(),
+                                type.getMemorySpace());
+    arg.setType(bits);
+    inputs.push_back(bits);
+    changed = true;
+    for (Operation *user : llvm::make_early_inc_range(arg.getUsers())) {
+      auto load = dyn_cast<memref::LoadOp>(user);
+      if (!load)
+        fail(user, "a bf16 buffer is used other than by loads");
+      load.getResult().setType(i16);
+      for (Operation *use : llvm::make_early_inc_range(load->getUsers())) {
+        auto ext = dyn_cast<arith::ExtFOp>(use);
+        if (!ext || ext.getType() != f32)
+          fail(use, "a bf16 value is used other than widened to f32");
+        OpBuilder b(ext);
+        Value wide = arith::ExtUIOp::create(b, ext.getLoc(), i32, load);
+        Value shifted = arith::ShLIOp::create(
+            b, ext.getLoc(), wide,
+            arith::ConstantIntOp::create(b, ext.getLoc(), i32, 16));
+        Value value = arith::BitcastOp::create(b, ext.getLoc(), f32, shifted);
+        ext.replaceAllUsesWith(value);
+        ext.erase();
+      }
+    }
+  }
+  if (changed)
+    func.setFunctionType(FunctionType::get(ctx, inputs, {}));
+}
+
+/// Where a host memref lives: an argument of the entry function (+ byte
+/// offset), seen through views.
+struct Traced {
+  unsigned argument = 0;
+  uint64_t offset = 0;
+};
+
+Traced trace(Value v, Operation *user) {
+  uint64_t offset = 0;
+  while (true) {
+    if (auto arg = dyn_cast<BlockArgument>(v))
+      return {arg.getArgNumber(), offset};
+    Operation *def = v.getDefiningOp();
+    if (auto view = dyn_cast<memref::ViewOp>(def)) {
+      std::optional<int64_t> shift =
+          getConstantIntValue(view.getByteShift());
+      if (!shift || !view.getSizes().empty())
+        fail(def, "a view into the arena at a dynamic offset");
+      offset += uint64_t(*shift);
+      v = view.getSource();
+      continue;
+    }
+    if (isa<memref::CastOp, memref::CollapseShapeOp, memref::ExpandShapeOp>(
+            def)) {
+      // Identity layouts: contiguous reshapes of the same bytes.
+      v = def->getOperand(0);
+      continue;
+    }
+    fail(user, "a kernel buffer that is not an argument or an arena range");
+  }
+}
+
+uint64_t byteSize(MemRefType type) {
+  uint64_t bits = type.getElementTypeBitWidth();
+  return uint64_t(type.getNumElements()) * bits / 8;
+}
+
+class EntryLowering {
+public:
+  EntryLowering(ModuleOp module, const KernelTarget &target)
+      : module(module), target(target) {}
+
+  /// Linalg ops to gpu.launch, micro-kernel calls to their dispatches
+  /// (recorded in `ukernelDispatches`).
+  void lowerToLaunches(func::FuncOp func) {
+    for (Operation &op : llvm::make_early_inc_range(func.getOps())) {
+      if (isMicroKernelCall(&op)) {
+        if (getenv("BITLOOM_SKIP_UK")) { ukernelDispatches[&op] = {}; continue; } // HACK
+        FailureOr<SmallVector<KernelDispatch>> dispatches =
+            buildUkernelDispatches(cast<func::CallOp>(op), module, target);
+        if (failed(dispatches))
+          fail(&op, "no GPU kernel for this micro-kernel call");
+        ukernelDispatches[&op] = std::move(*dispatches);
+        continue;
+      }
+      if (auto copy = dyn_cast<memref::CopyOp>(op)) {
+        OpBuilder b(copy);
+        linalg::CopyOp::create(b, copy.getLoc(), copy.getSource(),
+                               copy.getTarget());
+        copy.erase();
+        continue;
+      }
+      if (auto linalgOp = dyn_cast<linalg::LinalgOp>(op)) {
+        sinkScalarChains(&op);
+        if (linalgOp.getNumParallelLoops() == 0)
+          wrapInParallel(&op);
+      }
+    }
+    PassManager pm(func.getContext());
+    pm.addPass(createConvertLinalgToParallelLoopsPass());
+    if (failed(pm.run(func)))
+      fail(func, "lowering linalg to parallel loops failed");
+
+    int64_t tile = std::min<int64_t>(256, target.maxWorkgroupInvocations);
+    IRRewriter rewriter(func.getContext());
+    for (Operation &op : llvm::make_early_inc_range(func.getOps())) {
+      auto loop = dyn_cast<scf::ParallelOp>(op);
+      if (!loop)
+        continue;
+      // The iteration count, from the constant bounds linalg gives.
+      int64_t extent = 1;
+      for (auto [lb, ub, step] : llvm::zip(loop.getLowerBound(),
+                                           loop.getUpperBound(),
+                                           loop.getStep())) {
+        std::optional<int64_t> l = getConstantIntValue(lb),
+                               u = getConstantIntValue(ub),
+                               s = getConstantIntValue(step);
+        if (!l || !u || !s || *s <= 0)
+          fail(loop, "a loop with dynamic bounds");
+        extent *= std::max<int64_t>(0, (*u - *l + *s - 1) / *s);
+      }
+      if (loop.getNumLoops() > 1) {
+        std::vector<unsigned> all;
+        for (unsigned d = 0; d < loop.getNumLoops(); ++d)
+          all.push_back(d);
+        Operation *before = loop->getPrevNode(), *after = loop->getNextNode();
+        Block *block = loop->getBlock();
+        rewriter.setInsertionPoint(loop);
+        collapseParallelLoops(rewriter, loop, {all});
+        // The collapsed loop (and the index arithmetic it needs) replaced
+        // `loop` where it was.
+        loop = nullptr;
+        for (Operation *o = before ? before->getNextNode() : &block->front();
+             o && o != after; o = o->getNextNode())
+          if (auto collapsed = dyn_cast<scf::ParallelOp>(o))
+            loop = collapsed;
+        if (!loop)
+          fail(block->getParentOp(), "collapsing a parallel loop failed");
+      }
+      int64_t size = std::min<int64_t>(tile, std::max<int64_t>(extent, 1));
+      if ((extent + size - 1) / size > 65535)
+        fail(loop, "more than 65535 workgroups of " + std::to_string(size) +
+                       " (a tensor of " + std::to_string(extent) +
+                       " elements in one dispatch)");
+      scf::tileParallelLoop(loop, {size}, /*noMinMaxBounds=*/true);
+    }
+    PassManager map(func.getContext());
+    map.addPass(createGpuMapParallelLoopsPass());
+    map.addPass(createConvertParallelLoopToGpuPass());
+    map.addPass(createLowerAffinePass());
+    map.addPass(createCanonicalizerPass());
+    if (failed(map.run(func)))
+      fail(func, "mapping parallel loops to the GPU failed");
+    // Constants go into the kernels, so that a kernel's operands are its
+    // buffers alone.
+    func.walk([](gpu::LaunchOp launch) {
+      // Sizes are static: the body reads them as constants, not as the
+      // launch's block arguments (which outlining would pass in).
+      OpBuilder sizes = OpBuilder::atBlockBegin(&launch.getBody().front());
+      gpu::KernelDim3 inside[2] = {launch.getGridSize(),
+                                   launch.getBlockSize()};
+      gpu::KernelDim3 outside[2] = {launch.getGridSizeOperandValues(),
+                                    launch.getBlockSizeOperandValues()};
+      for (int i = 0; i < 2; ++i)
+        for (auto [arg, value] :
+             llvm::zip(SmallVector<Value>{inside[i].x, inside[i].y,
+                                          inside[i].z},
+                       SmallVector<Value>{outside[i].x, outside[i].y,
+                                          outside[i].z}))
+          if (std::optional<int64_t> n = getConstantIntValue(value))
+            arg.replaceAllUsesWith(arith::ConstantIndexOp::create(
+                sizes, launch.getLoc(), *n));
+      sinkScalarChains(launch, /*kernel=*/true);
+    });
+  }
+
+  llvm::DenseMap<Operation *, SmallVector<KernelDispatch>> ukernelDispatches;
+
+private:
+  ModuleOp module;
+  const KernelTarget &target;
+};
+
+/// Replaces outlined kernels that are identical up to their name by the
+/// first of them: a model repeats the same shapes in every layer.
+void deduplicateKernels(ModuleOp module) {
+  // Candidates share a signature and attributes; bodies are compared
+  // structurally (value names and locations do not matter).
+  std::map<std::pair<std::string, llvm::hash_code>,
+           std::vector<gpu::GPUFuncOp>>
+      kept;
+  llvm::StringMap<std::string> renamed; // dropped kernel -> kept kernel
+  for (auto gpuModule :
+       llvm::make_early_inc_range(module.getOps<gpu::GPUModuleOp>())) {
+    auto funcs = gpuModule.getOps<gpu::GPUFuncOp>();
+    if (funcs.empty())
+      continue;
+    gpu::GPUFuncOp func = *funcs.begin();
+    std::string signature;
+    llvm::raw_string_ostream os(signature);
+    func.getFunctionType().print(os);
+    llvm::hash_code hash = OperationEquivalence::computeHash(
+        func, OperationEquivalence::ignoreHashValue,
+        OperationEquivalence::ignoreHashValue,
+        OperationEquivalence::IgnoreLocations);
+    std::vector<gpu::GPUFuncOp> &same = kept[{signature, hash}];
+    gpu::GPUFuncOp match;
+    for (gpu::GPUFuncOp candidate : same)
+      if (OperationEquivalence::isEquivalentTo(
+              candidate, func, OperationEquivalence::IgnoreLocations)) {
+        match = candidate;
+        break;
+      }
+    if (!match) {
+      same.push_back(func);
+      continue;
+    }
+    renamed[gpuModule.getName()] =
+        cast<gpu::GPUModuleOp>(match->getParentOp()).getName().str();
+    gpuModule.erase();
+  }
+  if (renamed.empty())
+    return;
+  module.walk([&](gpu::LaunchFuncOp launch) {
+    auto it = renamed.find(launch.getKernelModuleName());
+    if (it == renamed.end())
+      return;
+    auto ref = SymbolRefAttr::get(
+        launch.getContext(), it->second,
+        {FlatSymbolRefAttr::get(launch.getContext(), it->second)});
+    launch.setKernelAttr(ref);
+  });
+}
+
+} // namespace
+
+CompiledVulkanModule compileForVulkan(ModuleOp source,
+                                      const KernelTarget &target,
+                                      const std::vector<std::string> &entries,
+                                      const std::vector<std::string> &bf16) {
+  CompiledVulkanModule compiled;
+  OwningOpRef<ModuleOp> module = cpu::planModule(
+      source, entries, bf16, /*ukernelMemrefs=*/true, compiled.functions);
+  MLIRContext *context = module->getContext();
+  (*module)->setAttr(gpu::GPUDialect::getContainerModuleAttrName(),
+                     UnitAttr::get(context));
+
+  // Each compute op's position in the planned schedule, in order: after
+  // lowering, the launches and calls come in the same order.
+  std::vector<std::vector<uint32_t>> positions;
+  for (const std::string &entry : entries) {
+    std::vector<uint32_t> &list = positions.emplace_back();
+    uint32_t position = 0;
+    for (Operation &op : module->lookupSymbol<func::FuncOp>(entry).getOps()) {
+      if (isa<linalg::LinalgOp, memref::CopyOp>(op) || isMicroKernelCall(&op))
+        list.push_back(position);
+      ++position;
+    }
+  }
+  EntryLowering lowering(*module, target);
+  for (const std::string &entry : entries)
+    lowering.lowerToLaunches(module->lookupSymbol<func::FuncOp>(entry));
+
+  if (getenv("BITLOOM_DUMP")) { std::error_code ec; llvm::raw_fd_ostream os("/tmp/vk/pre.mlir", ec); module->print(os); } // HACK
+  {
+    PassManager pm(context);
+    pm.addPass(createGpuKernelOutliningPass());
+    pm.addPass(createCanonicalizerPass());
+    pm.addPass(createLowerAffinePass());
+    if (failed(pm.run(*module)))
+      throw FormatError("", "compile --target vulkan",
+                        "outlining the kernels failed");
+  }
+  // Outlined kernels take their workgroup size from the launch: record it
+  // where -convert-gpu-to-spirv looks (the entry point ABI).
+  for (auto func : module->getOps<func::FuncOp>())
+    func.walk([&](gpu::LaunchFuncOp launch) {
+      auto kernel = SymbolTable::lookupNearestSymbolFrom<gpu::GPUFuncOp>(
+          launch, launch.getKernel());
+      if (!kernel || kernel->hasAttr(spirv::getEntryPointABIAttrName()))
+        return;
+      SmallVector<int32_t> size;
+      for (Value v : {launch.getBlockSizeX(), launch.getBlockSizeY(),
+                      launch.getBlockSizeZ()}) {
+        std::optional<int64_t> n = getConstantIntValue(v);
+        if (!n)
+          fail(launch, "a kernel with a dynamic workgroup size");
+        size.push_back(int32_t(*n));
+      }
+      kernel->setAttr(spirv::getEntryPointABIAttrName(),
+                      spirv::getEntryPointABIAttr(context, size));
+    });
+  for (auto gpuModule : module->getOps<gpu::GPUModuleOp>())
+    for (auto func : gpuModule.getOps<gpu::GPUFuncOp>()) {
+      demoteF64(func);
+      widenBF16Arguments(func);
+    }
+  deduplicateKernels(*module);
+
+  // The host schedule, before the kernels are converted away.
+  struct PendingDispatch {
+    std::string kernel;
+    std::array<uint32_t, 3> workgroups;
+    SmallVector<Value> buffers;
+    Operation *op;
+    uint32_t position;
+  };
+  std::vector<std::vector<PendingDispatch>> pending;
+  for (const std::string &entry : entries) {
+    auto func = module->lookupSymbol<func::FuncOp>(entry);
+    std::vector<PendingDispatch> &list = pending.emplace_back();
+    const std::vector<uint32_t> &computePositions = positions[pending.size() - 1];
+    size_t computeOp = 0;
+    auto nextPosition = [&](Operation *op) {
+      if (computeOp >= computePositions.size())
+        fail(op, "more dispatches than compute ops (a lowering split one)");
+      return computePositions[computeOp++];
+    };
+    for (Operation &op : func.getOps()) {
+      if (auto launch = dyn_cast<gpu::LaunchFuncOp>(op)) {
+        PendingDispatch d;
+        d.kernel = launch.getKernelModuleName().str();
+        Value grid[3] = {launch.getGridSizeX(), launch.getGridSizeY(),
+                         launch.getGridSizeZ()};
+        for (int i = 0; i < 3; ++i) {
+          std::optional<int64_t> n = getConstantIntValue(grid[i]);
+          if (!n)
+            fail(launch, "a dynamic workgroup grid");
+          d.workgroups[i] = uint32_t(*n);
+        }
+        for (Value operand : launch.getKernelOperands()) {
+          if (!isa<MemRefType>(operand.getType())) {
+            std::string text;
+            llvm::raw_string_ostream os(text);
+            operand.print(os);
+            fail(launch, "a kernel operand that is not a buffer: " + text);
+          }
+          d.buffers.push_back(operand);
+        }
+        d.op = &op;
+        d.position = nextPosition(&op);
+        list.push_back(std::move(d));
+        continue;
+      }
+      if (auto it = lowering.ukernelDispatches.find(&op);
+          it != lowering.ukernelDispatches.end()) {
+        uint32_t position = nextPosition(&op);
+        for (KernelDispatch &k : it->second) {
+          PendingDispatch d;
+          d.kernel = k.kernel;
+          for (int i = 0; i < 3; ++i)
+            d.workgroups[i] = uint32_t(k.workgroups[i]);
+          d.buffers.assign(k.buffers.begin(), k.buffers.end());
+          d.op = &op;
+          d.position = position;
+          list.push_back(std::move(d));
+        }
+        continue;
+      }
+      if (isView(&op) || op.hasTrait<OpTrait::ConstantLike>() ||
+          isa<func::ReturnOp>(op) || isScalarOp(&op) ||
+          isa<memref::ExtractStridedMetadataOp>(op))
+        continue;
+      fail(&op, "this op has no GPU lowering");
+    }
+    if (computeOp != computePositions.size())
+      fail(func, "fewer dispatches than compute ops");
+  }
+
+  // Bindings, from the planned signature: arguments (weights included),
+  // then one output per result, then the arena.
+  std::vector<std::vector<GpuDispatch>> schedule(entries.size());
+  for (size_t e = 0; e < entries.size(); ++e) {
+    const cpu::FunctionSignature &sig = compiled.functions[e];
+    unsigned numArgs = sig.args.size(), numResults = sig.results.size();
+    for (PendingDispatch &d : pending[e]) {
+      GpuDispatch out;
+      out.workgroups = d.workgroups;
+      out.schedulePosition = d.position;
+      out.op = isMicroKernelCall(d.op)
+                   ? cast<func::CallOp>(d.op).getCallee().str()
+                   : d.kernel;
+      for (Value buffer : d.buffers) {
+        Traced t = trace(buffer, d.op);
+        GpuBinding b;
+        b.offset = t.offset;
+        // Whole 32-bit words: kernels read narrow types as words.
+        b.size = (byteSize(cast<MemRefType>(buffer.getType())) + 3) / 4 * 4;
+        if (t.argument < numArgs) {
+          b.source = GpuBinding::Source::Argument;
+          b.index = t.argument;
+        } else if (t.argument < numArgs + numResults) {
+          b.source = GpuBinding::Source::Result;
+          b.index = t.argument - numArgs;
+        } else {
+          b.source = GpuBinding::Source::Arena;
+        }
+        out.bindings.push_back(b);
+      }
+      // The kernel index is resolved after conversion, by name.
+      out.kernel = 0;
+      schedule[e].push_back(std::move(out));
+    }
+  }
+
+  // The schedule is recorded: the host code goes (its launches no longer
+  // match the kernels, whose f64 and bf16 buffers changed type).
+  for (auto func : llvm::make_early_inc_range(module->getOps<func::FuncOp>()))
+    func.erase();
+  FailureOr<std::vector<SpirvKernel>> kernels =
+      compileKernelsToSpirv(*module, target);
+  if (failed(kernels))
+    throw FormatError("", "compile --target vulkan",
+                      "SPIR-V generation failed (see the diagnostics above)");
+  compiled.kernels = std::move(*kernels);
+  llvm::StringMap<uint32_t> index;
+  for (size_t k = 0; k < compiled.kernels.size(); ++k)
+    index[compiled.kernels[k].name] = uint32_t(k);
+  for (size_t e = 0; e < entries.size(); ++e)
+    for (size_t i = 0; i < schedule[e].size(); ++i) {
+      // Kernel gpu.modules and their gpu.funcs share names.
+      std::string name = pending[e][i].kernel;
+      auto it = index.find(name);
+      if (it == index.end()) {
+        // Outlined kernels: the gpu.func inside the module has its own name.
+        throw FormatError("", "compile --target vulkan",
+                          "dispatch of unknown kernel " + name);
+      }
+      schedule[e][i].kernel = it->second;
+    }
+  compiled.dispatches = std::move(schedule);
+  return compiled;
+}
+
+} // namespace bitloom::codegen::vulkan
