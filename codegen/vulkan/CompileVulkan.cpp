@@ -236,14 +236,21 @@ void widenBF16Arguments(gpu::GPUFuncOp func) {
 /// offset), seen through views.
 struct Traced {
   unsigned argument = 0;
-  uint64_t offset = 0;
+  uint64_t offset = 0, size = 0;
 };
+
+uint64_t byteSize(MemRefType type) {
+  uint64_t bits = type.getElementTypeBitWidth();
+  return uint64_t(type.getNumElements()) * bits / 8;
+}
 
 Traced trace(Value v, Operation *user) {
   uint64_t offset = 0;
+  // Whole 32-bit words: kernels read narrow types as words.
+  uint64_t size = (byteSize(cast<MemRefType>(v.getType())) + 3) / 4 * 4;
   while (true) {
     if (auto arg = dyn_cast<BlockArgument>(v))
-      return {arg.getArgNumber(), offset};
+      return {arg.getArgNumber(), offset, size};
     Operation *def = v.getDefiningOp();
     if (auto view = dyn_cast<memref::ViewOp>(def)) {
       std::optional<int64_t> shift =
@@ -260,14 +267,36 @@ Traced trace(Value v, Operation *user) {
       v = def->getOperand(0);
       continue;
     }
-    fail(user, "a kernel buffer that is not an argument or an arena range");
+    fail(user, "a kernel buffer that is not an argument or an arena range "
+               "(defined by " +
+                   (def ? def->getName().getStringRef().str()
+                        : std::string("a block argument")) +
+                   ")");
   }
 }
 
-uint64_t byteSize(MemRefType type) {
-  uint64_t bits = type.getElementTypeBitWidth();
-  return uint64_t(type.getNumElements()) * bits / 8;
+/// What a dispatch runs, for inspection and profiles: the micro-kernel or
+/// the outlined kernel, and the model module it belongs to
+/// ("bitloom_uk_ternary_matmul model.layers.3.mlp.up_proj").
+std::string opLabel(Operation *op, const std::string &kernel) {
+  std::string label = isMicroKernelCall(op)
+                          ? cast<func::CallOp>(op).getCallee().str()
+                          : kernel;
+  Location loc = op->getLoc();
+  if (auto fused = dyn_cast<FusedLoc>(loc); fused && !fused.getLocations().empty())
+    loc = fused.getLocations().front();
+  if (auto name = dyn_cast<NameLoc>(loc))
+    label += " " + name.getName().str();
+  return label;
 }
+
+/// A dispatch whose buffers are already traced: canonicalization may
+/// rewrite the views they came through before the schedule is read.
+struct TracedDispatch {
+  std::string kernel;
+  std::array<uint32_t, 3> workgroups = {1, 1, 1};
+  SmallVector<Traced> buffers;
+};
 
 class EntryLowering {
 public:
@@ -284,7 +313,16 @@ public:
             buildUkernelDispatches(cast<func::CallOp>(op), module, target);
         if (failed(dispatches))
           fail(&op, "no GPU kernel for this micro-kernel call");
-        ukernelDispatches[&op] = std::move(*dispatches);
+        SmallVector<TracedDispatch> &traced = ukernelDispatches[&op];
+        for (KernelDispatch &k : *dispatches) {
+          TracedDispatch d;
+          d.kernel = k.kernel;
+          for (int i = 0; i < 3; ++i)
+            d.workgroups[i] = uint32_t(k.workgroups[i]);
+          for (Value buffer : k.buffers)
+            d.buffers.push_back(trace(buffer, &op));
+          traced.push_back(std::move(d));
+        }
         continue;
       }
       if (auto copy = dyn_cast<memref::CopyOp>(op)) {
@@ -378,7 +416,7 @@ public:
     });
   }
 
-  llvm::DenseMap<Operation *, SmallVector<KernelDispatch>> ukernelDispatches;
+  llvm::DenseMap<Operation *, SmallVector<TracedDispatch>> ukernelDispatches;
 
 private:
   ModuleOp module;
@@ -505,7 +543,7 @@ CompiledVulkanModule compileForVulkan(ModuleOp source,
   struct PendingDispatch {
     std::string kernel;
     std::array<uint32_t, 3> workgroups;
-    SmallVector<Value> buffers;
+    SmallVector<Traced> buffers;
     Operation *op;
     uint32_t position;
   };
@@ -539,7 +577,7 @@ CompiledVulkanModule compileForVulkan(ModuleOp source,
             operand.print(os);
             fail(launch, "a kernel operand that is not a buffer: " + text);
           }
-          d.buffers.push_back(operand);
+          d.buffers.push_back(trace(operand, launch));
         }
         d.op = &op;
         d.position = nextPosition(&op);
@@ -549,12 +587,11 @@ CompiledVulkanModule compileForVulkan(ModuleOp source,
       if (auto it = lowering.ukernelDispatches.find(&op);
           it != lowering.ukernelDispatches.end()) {
         uint32_t position = nextPosition(&op);
-        for (KernelDispatch &k : it->second) {
+        for (TracedDispatch &k : it->second) {
           PendingDispatch d;
           d.kernel = k.kernel;
-          for (int i = 0; i < 3; ++i)
-            d.workgroups[i] = uint32_t(k.workgroups[i]);
-          d.buffers.assign(k.buffers.begin(), k.buffers.end());
+          d.workgroups = k.workgroups;
+          d.buffers = k.buffers;
           d.op = &op;
           d.position = position;
           list.push_back(std::move(d));
@@ -581,15 +618,11 @@ CompiledVulkanModule compileForVulkan(ModuleOp source,
       GpuDispatch out;
       out.workgroups = d.workgroups;
       out.schedulePosition = d.position;
-      out.op = isMicroKernelCall(d.op)
-                   ? cast<func::CallOp>(d.op).getCallee().str()
-                   : d.kernel;
-      for (Value buffer : d.buffers) {
-        Traced t = trace(buffer, d.op);
+      out.op = opLabel(d.op, d.kernel);
+      for (const Traced &t : d.buffers) {
         GpuBinding b;
         b.offset = t.offset;
-        // Whole 32-bit words: kernels read narrow types as words.
-        b.size = (byteSize(cast<MemRefType>(buffer.getType())) + 3) / 4 * 4;
+        b.size = t.size;
         if (t.argument < numArgs) {
           b.source = GpuBinding::Source::Argument;
           b.index = t.argument;

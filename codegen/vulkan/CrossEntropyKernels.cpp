@@ -28,6 +28,8 @@
 #include "codegen/vulkan/KernelBuilders.h"
 #include "codegen/vulkan/KernelEmitter.h"
 
+#include <cstdio>
+#include <cstdlib>
 #include <string>
 
 using namespace mlir;
@@ -58,30 +60,70 @@ struct Gemm {
   bool zeroSkipped;
 };
 
+/// A GEMM's tiling: bm x bn outputs per workgroup, `threads` threads in
+/// `groups` groups that split each slice of K (bk deep per group) and add
+/// their partial tiles at the end: more threads per tile where the product
+/// has too few tiles to fill the GPU (K is long: the xGrad product).
 struct GemmTiles {
-  int64_t threads, bm, bn, bk;
+  int64_t threads, bm, bn, bk, groups;
+  int64_t depth() const { return bk * groups; }
+  int64_t groupThreads() const { return threads / groups; }
+  std::string name() const {
+    return "w" + std::to_string(threads) + "_" + std::to_string(bm) + "x" +
+           std::to_string(bn) + "x" + std::to_string(bk) + "g" +
+           std::to_string(groups);
+  }
 };
 
-/// Tiles for an m x n product: 128 x 128 with 256 threads (8 x 8 per
-/// thread) for large products, smaller ones where that leaves too few
-/// workgroups to fill a large GPU.
+/// Shared floats of a tiling: the A and B slices, or the partial tiles of
+/// half the groups, whichever is larger (they share one array).
+int64_t gemmSharedFloats(const GemmTiles &t) {
+  return std::max(t.depth() * (t.bm + t.bn + 2),
+                  t.groups / 2 * t.bm * t.bn);
+}
+
+/// 128 x 128 tiles with 256 threads (8 x 8 outputs each) for large
+/// products; smaller tiles, down to 32 x 32, where that leaves fewer than
+/// ~128 workgroups; then K split over up to 16 thread groups when the tiles
+/// are still few and K is long.
 GemmTiles chooseGemmTiles(const Gemm &g, const KernelTarget &target) {
-  int64_t bm = std::min<int64_t>(128, std::max<int64_t>(8, pow2Ceil(g.m)));
+  int64_t maxThreads = workgroupThreads(target, 512);
+  int64_t bm = std::min<int64_t>(128, std::max<int64_t>(16, pow2Ceil(g.m)));
   int64_t bn = 128;
-  auto groups = [&] { return ceilDiv(g.m, bm) * ceilDiv(g.n, bn); };
-  while (groups() < 256 && bn > 32)
+  auto tiles = [&] { return ceilDiv(g.m, bm) * ceilDiv(g.n, bn); };
+  while (tiles() < 128 && bn > 32)
     bn /= 2;
-  while (groups() < 256 && bm > 16)
+  while (tiles() < 128 && bm > 32)
     bm /= 2;
-  // At least 16 outputs per thread where the tile allows.
-  int64_t threads = std::max<int64_t>(
-      1, std::min(workgroupThreads(target), bm * bn / 16));
-  threads = std::max<int64_t>(std::min<int64_t>(32, workgroupThreads(target)),
-                              threads);
-  int64_t bk = 16;
-  while (bk > 2 && bk * (bm + bn + 2) * 4 > target.sharedMemoryBytes)
-    bk /= 2;
-  return {threads, bm, bn, bk};
+  // 16 to 64 outputs per thread.
+  int64_t groupThreads =
+      std::max<int64_t>(1, std::min(bm * bn / 32, std::min<int64_t>(256, maxThreads)));
+  GemmTiles t{groupThreads, bm, bn, 16, 1};
+  while (gemmSharedFloats(t) * 4 > target.sharedMemoryBytes && t.bk > 2)
+    t.bk /= 2;
+  if (tiles() < 256) {
+    GemmTiles split = t;
+    split.bk = 8;
+    while (split.threads * 2 <= maxThreads && split.groups < 16 &&
+           g.k >= 8 * split.depth() * 2) {
+      GemmTiles next = split;
+      next.threads *= 2;
+      next.groups *= 2;
+      if (gemmSharedFloats(next) * 4 > target.sharedMemoryBytes)
+        break;
+      split = next;
+    }
+    if (split.groups > 1)
+      t = split;
+  }
+  if (const char *forced = std::getenv("BITLOOM_VULKAN_CE_GEMM_TILE")) {
+    // "bm,bn,bk,groupThreads,groups": for tuning runs.
+    int64_t v[5];
+    if (std::sscanf(forced, "%ld,%ld,%ld,%ld,%ld", &v[0], &v[1], &v[2], &v[3],
+                    &v[4]) == 5)
+      t = {v[3] * v[4], v[0], v[1], v[2], v[4]};
+  }
+  return t;
 }
 
 class Builder {
@@ -132,24 +174,35 @@ protected:
   }
 };
 
-/// The tiled GEMM: a workgroup per bm x bn tile of C, bk-deep slices of A
-/// and B staged in shared memory (k-major, padded), 8 x 8 (or smaller)
-/// outputs per thread.
+/// The tiled GEMM: a workgroup per bm x bn tile of C; each depth-deep
+/// slice of A and B is staged in shared memory (k-major, padded rows), each
+/// thread group multiplies its bk rows of it into 8 x 8 (or smaller)
+/// outputs per thread; the groups' partial tiles are added in a fixed tree
+/// order at the end.
 class GemmKernel : public Builder {
 public:
   GemmKernel(gpu::GPUFuncOp func, const Gemm &g, const GemmTiles &t)
       : Builder(func, t.threads), g(g), t(t),
-        grid(gridFor(t.bm, t.bn, t.threads)) {}
+        grid(gridFor(t.bm, t.bn, t.groupThreads())) {}
 
   void build() {
     Value a = args[0], w = args[1], mask = args[2], c = args[3];
     Value n0 = e.mul(e.blockId(gpu::Dimension::x), t.bn);
     Value m0 = e.mul(e.blockId(gpu::Dimension::y), t.bm);
-    Value as = e.shared(t.bk * (t.bm + 1)), bs = e.shared(t.bk * (t.bn + 1));
-    Value col = e.rem(tid, grid.colThreads);
-    Value row = e.rem(e.div(tid, grid.colThreads), grid.rowThreads);
-    Value active =
-        grid.used() < t.threads ? e.lt(tid, grid.used()) : Value();
+    int64_t depth = t.depth();
+    Value sh = e.shared(gemmSharedFloats(t));
+    aBase = 0;
+    bBase = depth * (t.bm + 1);
+    Value group = e.div(tid, t.groupThreads());
+    Value local = t.groups > 1 ? e.rem(tid, t.groupThreads()) : tid;
+    Value col = e.rem(local, grid.colThreads);
+    Value row = e.rem(e.div(local, grid.colThreads), grid.rowThreads);
+    // Group 0 (its threads on the grid) stores the tile.
+    Value storer;
+    if (t.groups > 1)
+      storer = e.lt(tid, grid.used());
+    else if (grid.used() < t.threads)
+      storer = e.lt(tid, grid.used());
 
     // Whether any row of the tile is masked in: the same answer in every
     // thread, so the branch below is uniform.
@@ -170,7 +223,7 @@ public:
         Value gm = e.add(e.add(row, grid.rowThreads * r), m0);
         for (int64_t cc = 0; cc < grid.colsPer; ++cc) {
           Value gn = e.add(e.add(col, grid.colThreads * cc), n0);
-          Value ok = active;
+          Value ok = storer;
           auto also = [&](Value cond) { ok = ok ? e.andI(ok, cond) : cond; };
           if (g.m % t.bm)
             also(e.lt(gm, g.m));
@@ -190,17 +243,19 @@ public:
         anyIn,
         [&]() -> SmallVector<Value> {
           SmallVector<Value> acc(grid.rowsPer * grid.colsPer, e.f32(0));
-          acc = e.loop(0, ceilDiv(g.k, t.bk), 1, acc,
+          Value kBase = e.mul(group, t.bk);
+          acc = e.loop(0, ceilDiv(g.k, depth), 1, acc,
                        [&](Value kt, ValueRange it) {
-                         Value k0 = e.mul(kt, t.bk);
-                         loadA(a, as, m0, k0);
-                         loadB(w, bs, n0, k0);
+                         Value k0 = e.mul(kt, depth);
+                         loadA(a, sh, m0, k0);
+                         loadB(w, sh, n0, k0);
                          e.barrier();
                          SmallVector<Value> next(it.begin(), it.end());
-                         multiply(as, bs, row, col, next);
+                         multiply(sh, kBase, row, col, next);
                          e.barrier();
                          return next;
                        });
+          reduceGroups(sh, group, row, col, acc);
           storeTile([&](int64_t r, int64_t cc) {
             return acc[r * grid.colsPer + cc];
           });
@@ -218,6 +273,7 @@ private:
   Gemm g;
   GemmTiles t;
   ThreadGrid grid;
+  int64_t aBase = 0, bBase = 0; // the slices' offsets in the shared array
 
   /// Runs body(el) for el = tid, tid + threads, ... below `total`,
   /// unrolled (guarded where `total` is not a multiple of threads).
@@ -232,11 +288,12 @@ private:
     }
   }
 
-  /// A[m0 .., k0 ..] into as[kk][m] (K-contiguous rows: consecutive
-  /// threads read consecutive kk).
-  void loadA(Value a, Value as, Value m0, Value k0) {
-    forEachElement(t.bm * t.bk, [&](Value el) {
-      Value m = e.div(el, t.bk), kk = e.rem(el, t.bk);
+  /// A[m0 .., k0 ..] into the A slice [kk][m] (K-contiguous rows:
+  /// consecutive threads read consecutive kk).
+  void loadA(Value a, Value sh, Value m0, Value k0) {
+    int64_t depth = t.depth();
+    forEachElement(t.bm * depth, [&](Value el) {
+      Value m = e.div(el, depth), kk = e.rem(el, depth);
       Value gm = e.add(m0, m), gk = e.add(k0, kk);
       Value at = e.add(e.mul(e.add(e.minI(gm, e.idx(g.m - 1)), g.aRow0), g.lda),
                        e.minI(gk, e.idx(g.k - 1)));
@@ -244,11 +301,11 @@ private:
       Value ok;
       if (g.m % t.bm)
         ok = e.lt(gm, g.m);
-      if (g.k % t.bk)
+      if (g.k % depth)
         ok = ok ? e.andI(ok, e.lt(gk, g.k)) : e.lt(gk, g.k);
       if (ok)
         v = e.select(ok, v, e.f32(0));
-      e.store(v, as, e.add(e.mul(kk, t.bm + 1), m));
+      e.store(v, sh, e.add(e.mul(kk, t.bm + 1), m));
     });
   }
 
@@ -261,30 +318,32 @@ private:
             arith::BitcastOp::create(b, e.loc, f32, hi)};
   }
 
-  /// B's slice into bs[kk][n].
-  void loadB(Value w, Value bs, Value n0, Value k0) {
-    int64_t stride = t.bn + 1;
+  /// B's slice into [kk][n] after A's.
+  void loadB(Value w, Value sh, Value n0, Value k0) {
+    int64_t stride = t.bn + 1, depth = t.depth();
+    auto at2 = [&](Value kk, Value nn) {
+      return e.add(e.mul(kk, stride), e.add(nn, bBase));
+    };
     auto guard = [&](Value v, Value gn, Value gk) {
       Value ok;
       if (g.n % t.bn)
         ok = e.lt(gn, g.n);
-      if (g.k % t.bk)
+      if (g.k % depth)
         ok = ok ? e.andI(ok, e.lt(gk, g.k)) : e.lt(gk, g.k);
       return ok ? e.select(ok, v, e.f32(0)) : v;
     };
     Value lastN = e.idx(g.n - 1), lastK = e.idx(g.k - 1);
     if (g.transposedB && !g.bf16) {
       // w[n][k]: like A.
-      forEachElement(t.bn * t.bk, [&](Value el) {
-        Value nn = e.div(el, t.bk), kk = e.rem(el, t.bk);
+      forEachElement(t.bn * depth, [&](Value el) {
+        Value nn = e.div(el, depth), kk = e.rem(el, depth);
         Value gn = e.add(n0, nn), gk = e.add(k0, kk);
         Value at = e.add(e.mul(e.minI(gn, lastN), g.k), e.minI(gk, lastK));
-        e.store(guard(e.load(w, at), gn, gk), bs,
-                e.add(e.mul(kk, stride), nn));
+        e.store(guard(e.load(w, at), gn, gk), sh, at2(kk, nn));
       });
     } else if (g.transposedB) {
       // bf16 w[n][k]: a word holds (k, k + 1); k is even.
-      int64_t pairs = t.bk / 2;
+      int64_t pairs = depth / 2;
       forEachElement(t.bn * pairs, [&](Value el) {
         Value nn = e.div(el, pairs), p = e.rem(el, pairs);
         Value gn = e.add(n0, nn), gk = e.add(k0, e.mul(p, 2));
@@ -292,51 +351,96 @@ private:
                          e.div(e.minI(gk, e.idx(g.k - 2)), 2));
         auto [lo, hi] = widen(e.load(w, at));
         Value kk = e.mul(p, 2);
-        e.store(guard(lo, gn, gk), bs, e.add(e.mul(kk, stride), nn));
-        e.store(guard(hi, gn, gk), bs,
-                e.add(e.mul(e.add(kk, 1), stride), nn));
+        e.store(guard(lo, gn, gk), sh, at2(kk, nn));
+        e.store(guard(hi, gn, gk), sh, at2(e.add(kk, 1), nn));
       });
     } else if (!g.bf16) {
       // w[k][n]: consecutive threads read consecutive n.
-      forEachElement(t.bk * t.bn, [&](Value el) {
+      forEachElement(depth * t.bn, [&](Value el) {
         Value kk = e.div(el, t.bn), nn = e.rem(el, t.bn);
         Value gn = e.add(n0, nn), gk = e.add(k0, kk);
         Value at = e.add(e.mul(e.minI(gk, lastK), g.n), e.minI(gn, lastN));
-        e.store(guard(e.load(w, at), gn, gk), bs,
-                e.add(e.mul(kk, stride), nn));
+        e.store(guard(e.load(w, at), gn, gk), sh, at2(kk, nn));
       });
     } else {
       // bf16 w[k][n]: a word holds (n, n + 1); n is even.
       int64_t pairs = t.bn / 2;
-      forEachElement(t.bk * pairs, [&](Value el) {
+      forEachElement(depth * pairs, [&](Value el) {
         Value kk = e.div(el, pairs), p = e.rem(el, pairs);
         Value gn = e.add(n0, e.mul(p, 2)), gk = e.add(k0, kk);
         Value at = e.add(e.mul(e.minI(gk, lastK), g.n / 2),
                          e.div(e.minI(gn, e.idx(g.n - 2)), 2));
         auto [lo, hi] = widen(e.load(w, at));
         Value nn = e.mul(p, 2);
-        e.store(guard(lo, gn, gk), bs, e.add(e.mul(kk, stride), nn));
-        e.store(guard(hi, gn, gk), bs, e.add(e.mul(kk, stride), e.add(nn, 1)));
+        e.store(guard(lo, gn, gk), sh, at2(kk, nn));
+        e.store(guard(hi, gn, gk), sh, at2(kk, e.add(nn, 1)));
       });
     }
   }
 
-  /// acc += as[kk][rows] ⊗ bs[kk][cols] over the slice, fully unrolled.
-  void multiply(Value as, Value bs, Value row, Value col,
+  /// acc += A[kk][rows] ⊗ B[kk][cols] over this group's bk rows of the
+  /// slice (from kBase), fully unrolled.
+  void multiply(Value sh, Value kBase, Value row, Value col,
                 SmallVector<Value> &acc) {
+    Value aRow = e.add(e.mul(kBase, t.bm + 1), row);
+    Value bCol = e.add(e.mul(kBase, t.bn + 1), e.add(col, bBase));
     for (int64_t kk = 0; kk < t.bk; ++kk) {
       SmallVector<Value> av, bv;
       for (int64_t r = 0; r < grid.rowsPer; ++r)
-        av.push_back(e.load(
-            as, e.add(row, kk * (t.bm + 1) + grid.rowThreads * r)));
+        av.push_back(
+            e.load(sh, e.add(aRow, kk * (t.bm + 1) + grid.rowThreads * r)));
       for (int64_t c = 0; c < grid.colsPer; ++c)
-        bv.push_back(e.load(
-            bs, e.add(col, kk * (t.bn + 1) + grid.colThreads * c)));
+        bv.push_back(
+            e.load(sh, e.add(bCol, kk * (t.bn + 1) + grid.colThreads * c)));
       for (int64_t r = 0; r < grid.rowsPer; ++r)
         for (int64_t c = 0; c < grid.colsPer; ++c) {
           Value &slot = acc[r * grid.colsPer + c];
           slot = e.fma(av[r], bv[c], slot);
         }
+    }
+  }
+
+  /// Adds the groups' partial tiles into group 0's: the upper half of the
+  /// live groups hands its tiles to the lower half through shared memory,
+  /// until one is left.
+  void reduceGroups(Value sh, Value group, Value row, Value col,
+                    SmallVector<Value> &acc) {
+    int64_t tile = t.bm * t.bn;
+    Value active = grid.used() < t.groupThreads()
+                       ? e.lt(e.rem(tid, t.groupThreads()), grid.used())
+                       : Value();
+    auto slot = [&](Value g, int64_t r, int64_t c) {
+      Value at = e.add(e.mul(e.add(row, grid.rowThreads * r), t.bn),
+                       e.add(col, grid.colThreads * c));
+      return e.add(e.mul(g, tile), at);
+    };
+    for (int64_t live = t.groups; live > 1; live /= 2) {
+      int64_t half = live / 2;
+      Value upper = e.andI(e.ge(group, e.idx(half)), e.lt(group, live));
+      if (active)
+        upper = e.andI(upper, active);
+      e.ifThen(upper, [&] {
+        Value g = e.sub(group, e.idx(half));
+        for (int64_t r = 0; r < grid.rowsPer; ++r)
+          for (int64_t c = 0; c < grid.colsPer; ++c)
+            e.store(acc[r * grid.colsPer + c], sh, slot(g, r, c));
+      });
+      e.barrier();
+      Value lower = e.lt(group, half);
+      SmallVector<Value> sum = e.ifElse(
+          lower,
+          [&]() -> SmallVector<Value> {
+            SmallVector<Value> out(acc);
+            for (int64_t r = 0; r < grid.rowsPer; ++r)
+              for (int64_t c = 0; c < grid.colsPer; ++c) {
+                Value &v = out[r * grid.colsPer + c];
+                v = e.add(v, e.load(sh, slot(group, r, c)));
+              }
+            return out;
+          },
+          [&]() -> SmallVector<Value> { return acc; });
+      acc.assign(sum.begin(), sum.end());
+      e.barrier();
     }
   }
 };
@@ -540,9 +644,7 @@ buildCrossEntropyDispatches(func::CallOp call, ModuleOp module,
     GemmTiles t = chooseGemmTiles(g, target);
     std::string name = ("bitloom_lce_" + what + "_").str() + p.name() + "_r" +
                        std::to_string(g.maskRow0) + "_m" +
-                       std::to_string(g.m) + "_w" + std::to_string(t.threads) +
-                       "_" + std::to_string(t.bm) + "x" +
-                       std::to_string(t.bn) + "x" + std::to_string(t.bk);
+                       std::to_string(g.m) + "_" + t.name();
     if (gpu::GPUFuncOp func =
             createKernel(module, name, typesOf(buffers), t.threads))
       GemmKernel(func, g, t).build();

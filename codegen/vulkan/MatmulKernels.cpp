@@ -301,6 +301,7 @@ constexpr Config kTiles[] = {
     {128, 128, 8, 8}, {128, 64, 8, 8}, {64, 128, 8, 8}, {64, 64, 8, 4},
     {64, 32, 4, 4},   {32, 64, 4, 4},  {32, 32, 4, 2},  {64, 16, 4, 2},
     {16, 64, 2, 4},   {32, 16, 2, 2},  {16, 32, 2, 2},  {16, 16, 2, 2},
+    {32, 128, 4, 8},  {64, 64, 8, 8},  {32, 64, 4, 8},  {64, 32, 8, 4},
 };
 
 /// The cheapest configuration that the target can run: `admits` filters the
@@ -452,23 +453,38 @@ void emitMainLoop(Emit &e, const Place &p, const MainLoop &l) {
 
   Value zero = l.accType.isF32() ? e.f32(0) : e.i32(0);
   SmallVector<Value> init(blockSize, zero);
-  llvm::append_range(init, fetchRound(e.idx(0), false));
-  SmallVector<Value> results =
-      e.loop(0, rounds, 1, init, [&](Value round, ValueRange carried) {
-        l.put(e, SmallVector<Value>(carried.drop_front(blockSize)));
-        gpu::BarrierOp::create(e.b);
-        // The next chunk's loads are in flight while this one is used.
-        SmallVector<Value> next = fetchRound(e.add(round, 1), true);
-        ValueRange acc = carried.take_front(blockSize);
-        SmallVector<Value> sums =
-            l.unroll == l.steps ? steps(e.idx(0), acc)
-                                : e.loop(0, l.steps, l.unroll, acc, steps);
-        // The next round's stores overwrite what this one reads.
-        gpu::BarrierOp::create(e.b);
-        llvm::append_range(sums, next);
-        return sums;
-      });
-  SmallVector<Value> acc(ArrayRef<Value>(results).take_front(blockSize));
+  auto round = [&](ValueRange acc, ArrayRef<Value> fetched,
+                   function_ref<SmallVector<Value>()> fetchNext) {
+    l.put(e, fetched);
+    gpu::BarrierOp::create(e.b);
+    // The next chunk's loads are in flight while this one is used.
+    SmallVector<Value> next = fetchNext();
+    SmallVector<Value> sums = l.unroll == l.steps
+                                  ? steps(e.idx(0), acc)
+                                  : e.loop(0, l.steps, l.unroll, acc, steps);
+    llvm::append_range(sums, next);
+    return sums;
+  };
+  SmallVector<Value> acc;
+  if (rounds == 1) {
+    acc = round(init, fetchRound(e.idx(0), false),
+                [] { return SmallVector<Value>(); });
+  } else {
+    llvm::append_range(init, fetchRound(e.idx(0), false));
+    SmallVector<Value> results =
+        e.loop(0, rounds, 1, init, [&](Value r, ValueRange carried) {
+          SmallVector<Value> next =
+              round(carried.take_front(blockSize),
+                    SmallVector<Value>(carried.drop_front(blockSize)),
+                    [&] { return fetchRound(e.add(r, 1), true); });
+          // The next round's stores overwrite what this one reads.
+          gpu::BarrierOp::create(e.b);
+          return next;
+        });
+    acc.assign(results.begin(), results.begin() + blockSize);
+  }
+  if (splits > 1 && rounds == 1)
+    gpu::BarrierOp::create(e.b);
   if (splits == 1) {
     l.finish(e, acc);
     return;
@@ -529,7 +545,9 @@ Value dot4(Emit &e, Value x, Value w, bool dotProduct) {
 /// weight words per tile column.
 int64_t ternaryGroupWords(const Config &c) { return 32 * (c.bm + c.bn); }
 int64_t ternarySharedBytes(const Config &c) {
-  return 4 * c.splits * std::max(ternaryGroupWords(c), c.bm * c.bn);
+  // The split reduction reuses the staging areas.
+  int64_t reduction = c.splits > 1 ? c.bm * c.bn : 0;
+  return 4 * c.splits * std::max(ternaryGroupWords(c), reduction);
 }
 
 LogicalResult buildTernaryMatmul(func::CallOp call, ModuleOp module,
@@ -723,7 +741,8 @@ int64_t gemmGroupElems(const GemmProblem &g, const Config &c) {
   return kGemmChunk * (gemmAStride(g, c) + gemmBStride(g, c));
 }
 int64_t gemmSharedBytes(const GemmProblem &g, const Config &c) {
-  return 4 * c.splits * std::max(gemmGroupElems(g, c), c.bm * c.bn);
+  int64_t reduction = c.splits > 1 ? c.bm * c.bn : 0;
+  return 4 * c.splits * std::max(gemmGroupElems(g, c), reduction);
 }
 
 void emitGemm(gpu::GPUFuncOp fn, Location loc, const GemmProblem &g,

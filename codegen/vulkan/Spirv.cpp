@@ -78,7 +78,7 @@ Attribute spirvTargetEnv(MLIRContext *context, const KernelTarget &target) {
     exts.push_back(Extension::SPV_KHR_integer_dot_product);
   }
   auto triple = spirv::VerCapExtAttr::get(
-      spirv::Version::V_1_3,
+      needsVulkan13(target) ? spirv::Version::V_1_6 : spirv::Version::V_1_3,
       caps, exts, context);
   Builder b(context);
   int64_t invocations = target.maxWorkgroupInvocations;
@@ -142,6 +142,19 @@ compileKernelsToSpirv(ModuleOp module, const KernelTarget &target,
   if (failed(pm.run(module)))
     return failure();
 
+  // -spirv-lower-abi-attrs lists an entry point's interface by the target's
+  // SPIR-V version (every global from 1.4 on), while -spirv-update-vce picks
+  // the least version the ops need: declare the target's version.
+  spirv::Version version = needsVulkan13(target) ? spirv::Version::V_1_6
+                                                 : spirv::Version::V_1_3;
+  for (auto spirvModule : module.getOps<spirv::ModuleOp>())
+    if (std::optional<spirv::VerCapExtAttr> triple =
+            spirvModule.getVceTriple()) {
+      SmallVector<spirv::Capability> caps(triple->getCapabilities());
+      SmallVector<spirv::Extension> exts(triple->getExtensions());
+      spirvModule.setVceTripleAttr(
+          spirv::VerCapExtAttr::get(version, caps, exts, context));
+    }
   spvtools::SpirvTools tools(toolsEnv(target));
   spvtools::ValidatorOptions validatorOptions;
   // Storage buffers are std430-laid-out structs: the scalar layout check

@@ -135,14 +135,14 @@ static_assert(kChunk % kStreamBlock == 0, "chunks hold whole stream blocks");
 /// checkpoint's master dtype).
 class MasterValues {
 public:
-  MasterValues(uint64_t seed, const TensorSpec &spec)
+  MasterValues(uint64_t seed, const TensorSpec &spec, bool repeat)
       : seed_(streamSeed(seed, spec.hfName)),
-        norm_(spec.role == TensorRole::Norm) {}
+        norm_(spec.role == TensorRole::Norm), repeat_(repeat) {}
 
   /// Elements [begin, end); `begin` is a multiple of kStreamBlock.
   void fill(uint64_t begin, uint64_t end, float *out) const {
     for (uint64_t blk = begin / kStreamBlock; blk * kStreamBlock < end; ++blk) {
-      Xoshiro256 rng(seed_ ^ (blk * 0xd1b54a32d192ed03ULL));
+      Xoshiro256 rng(seed_ ^ ((repeat_ ? 0 : blk) * 0xd1b54a32d192ed03ULL));
       const uint64_t e = std::min(end, (blk + 1) * kStreamBlock);
       for (uint64_t i = blk * kStreamBlock; i < e; ++i) {
         float z = rng.normal(kInitStd);
@@ -160,6 +160,7 @@ private:
   }
   uint64_t seed_;
   bool norm_;
+  bool repeat_; // every stream block repeats the first
 };
 
 uint64_t numElements(const std::vector<int64_t> &shape) {
@@ -232,9 +233,10 @@ void writeEncoded(const float *x, uint64_t n, size_t elemBytes, Encoder enc,
 
 /// Streams the master values of `spec`, chunk by chunk, without holding the
 /// tensor (embeddings of 2b4t are 328M values).
-void streamMaster(uint64_t seed, const TensorSpec &spec, size_t elemBytes,
+void streamMaster(uint64_t seed, bool repeat, const TensorSpec &spec,
+                  size_t elemBytes,
                   Encoder enc, TensorSink &sink) {
-  const MasterValues master(seed, spec);
+  const MasterValues master(seed, spec, repeat);
   const uint64_t n = numElements(spec.shape);
   const size_t chunk = size_t(std::min<uint64_t>(n, kChunk));
   std::vector<float> values(chunk);
@@ -258,11 +260,12 @@ struct TernaryTensor {
   float sInv;  // 1/s as transformers computes it (float32)
 };
 
-TernaryTensor ternarizeMaster(uint64_t seed, const TensorSpec &spec) {
+TernaryTensor ternarizeMaster(uint64_t seed, bool repeat,
+                              const TensorSpec &spec) {
   const uint64_t n = numElements(spec.shape);
   TernaryTensor t;
   t.master.resize(n);
-  const MasterValues master(seed, spec);
+  const MasterValues master(seed, spec, repeat);
   parallelFor(n, kStreamBlock, [&](uint64_t b, uint64_t e) {
     master.fill(b, e, t.master.data() + b);
   });
@@ -386,7 +389,7 @@ void writeHf(const MakeModelOptions &o, const ModelConfig &c,
         } else if (o.packed && s.role == TensorRole::Projection) {
           // transformers' pack_weights: packed row r holds rows
           // r + i*P in bits 2i..2i+1 as code + 1.
-          TernaryTensor t = ternarizeMaster(o.seed, s);
+          TernaryTensor t = ternarizeMaster(o.seed, o.repeatBlocks, s);
           const uint64_t rows = uint64_t(s.shape[0]);
           const uint64_t cols = uint64_t(s.shape[1]);
           const uint64_t p = rows / 4;
@@ -403,7 +406,7 @@ void writeHf(const MakeModelOptions &o, const ModelConfig &c,
           lastScale = t.scale;
           sink.write(packed.data(), packed.size());
         } else {
-          streamMaster(o.seed, s, 2, encodeBf16, sink);
+          streamMaster(o.seed, o.repeatBlocks, s, 2, encodeBf16, sink);
         }
       });
 }
@@ -523,13 +526,13 @@ void writeGguf(const MakeModelOptions &o, const ModelConfig &c,
                         : t == GgmlType::F16 ? encodeF16
                                              : encodeBf16;
     if (s.role != TensorRole::Projection) {
-      streamMaster(o.seed, s, elemBytes, enc, sink);
+      streamMaster(o.seed, o.repeatBlocks, s, elemBytes, enc, sink);
       return;
     }
     // The converter's weight_quant: (w * (1/s)).round().clamp(-1, 1) / (1/s)
     // in float32, cast back to the master dtype (bf16), then stored in the
     // output type. So every GGUF projection holds {-v, 0, v}.
-    TernaryTensor tt = ternarizeMaster(o.seed, s);
+    TernaryTensor tt = ternarizeMaster(o.seed, o.repeatBlocks, s);
     const float v = bf16Round(1.0f / tt.sInv);
     std::vector<float> &values = tt.master; // reused in place
     const uint64_t n = values.size();

@@ -34,6 +34,10 @@ struct MakeModelOptions {
   /// of bf16 master weights (autobitlinear / online). FormatError("",
   /// "--packed", ...) with the GGUF format.
   bool packed = false;
+  /// Every 65536-value block of a tensor repeats its first: the same shapes
+  /// and value distribution, but files that compress to almost nothing (for
+  /// shipping a large model to a benchmark machine).
+  bool repeatBlocks = false;
   /// GGUF only: projection type (TQ2_0 default, TQ1_0, F32, F16, BF16; case
   /// insensitive). Values are the master's absmean ternarization as
   /// llama.cpp's converter computes it, whatever the type. As in the

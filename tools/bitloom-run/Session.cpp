@@ -10,6 +10,7 @@
 #endif
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -462,11 +463,32 @@ Entry &Session::entry(const std::string &name) {
   return ref;
 }
 
+double StepProfile::dispatchTotalNs() const {
+  double total = 0;
+  for (const DispatchTime &d : dispatches)
+    total += d.ns;
+  return total;
+}
+
 void Session::run(Entry &e) {
-  if (vulkan_) {
-    runOnDevice(e);
-    return;
-  }
+  if (vulkan_)
+    runOnDevice(e, nullptr);
+  else
+    runOnHost(e, nullptr);
+}
+
+StepProfile Session::runProfiled(Entry &e) {
+  StepProfile profile;
+  if (vulkan_)
+    runOnDevice(e, &profile);
+  else
+    runOnHost(e, &profile);
+  return profile;
+}
+
+void Session::runOnHost(Entry &e, StepProfile *profile) {
+  if (profile)
+    profile->dispatches.reserve(e.calls_.size());
   for (Entry::Call &call : e.calls_) {
     const auto *bindings = call.dispatch->bindings();
     for (uint32_t k = 0; bindings && k < bindings->size(); ++k) {
@@ -506,7 +528,23 @@ void Session::run(Entry &e) {
       }
       call.bindings[k] = base + b->offset();
     }
+    if (!profile) {
+      call.fn(call.bindings.data());
+      continue;
+    }
+    const auto t0 = std::chrono::steady_clock::now();
     call.fn(call.bindings.data());
+    const auto t1 = std::chrono::steady_clock::now();
+    const blm::fb::Dispatch &d = *call.dispatch;
+    DispatchTime time;
+    time.op = d.op() ? d.op()->str() : "";
+    time.kernel = artifact_->executable(d.executable())
+                      .kernels()
+                      ->Get(d.kernel())
+                      ->name()
+                      ->str();
+    time.ns = std::chrono::duration<double, std::nano>(t1 - t0).count();
+    profile->dispatches.push_back(std::move(time));
   }
 }
 
@@ -577,7 +615,11 @@ void Session::prepareOnDevice(Entry &e) {
   }
 }
 
-void Session::runOnDevice(Entry &e) {
+std::string Session::profilingProblem() const {
+  return vulkan_ ? vulkan_->executor->profilingProblem() : "";
+}
+
+void Session::runOnDevice(Entry &e, StepProfile *profile) {
   vulkan::VulkanExecutor &ex = *vulkan_->executor;
   try {
     // State the host changed goes up first, in one batch.
@@ -606,7 +648,22 @@ void Session::runOnDevice(Entry &e) {
         const HostBuffer &b = e.args_[size_t(e.argSlot_[i])];
         std::memcpy(e.device_->input(i), b.data(), b.bytes());
       }
-    ex.run(*e.device_);
+    if (profile) {
+      vulkan::EntryProfile p = ex.runProfiled(*e.device_);
+      const std::vector<vulkan::DispatchInfo> &info = e.device_->dispatches();
+      profile->dispatches.resize(info.size());
+      for (size_t d = 0; d < info.size(); ++d) {
+        DispatchTime &t = profile->dispatches[d];
+        t.op = info[d].op;
+        t.kernel = info[d].kernel;
+        std::copy(info[d].groups, info[d].groups + 3, t.groups);
+        t.ns = p.dispatchNs[d];
+      }
+      profile->uploadNs = p.uploadNs;
+      profile->downloadNs = p.downloadNs;
+    } else {
+      ex.run(*e.device_);
+    }
     for (size_t i = 0; i < e.results_.size(); ++i)
       if (!e.resultState_[i])
         std::memcpy(e.results_[i].data(), e.device_->output(i),
@@ -656,8 +713,9 @@ void Session::hostWrote(const std::string &name) {
 #else
 
 std::string Session::backendDescription() const { return "CPU"; }
+std::string Session::profilingProblem() const { return ""; }
 void Session::prepareOnDevice(Entry &) {}
-void Session::runOnDevice(Entry &) {}
+void Session::runOnDevice(Entry &, StepProfile *) {}
 void Session::pull(const std::vector<std::string> &) const {}
 void Session::hostWrote(const std::string &) {}
 
@@ -877,21 +935,32 @@ trainer::CheckpointIdentity Session::identity() const {
   return id;
 }
 
-uint64_t Session::plannedBytes() const {
+uint64_t Session::plannedBytes() const { return memoryUse().total(); }
+
+MemoryUse Session::memoryUse() const {
+  MemoryUse m;
 #ifdef BITLOOM_RUN_HAVE_VULKAN
-  if (vulkan_)
-    return vulkan_->executor->memory().device();
+  if (vulkan_) {
+    const vulkan::ExecutorMemory em = vulkan_->executor->memory();
+    m.device = true;
+    m.arena = em.arena;
+    m.weights = em.parameters;
+    m.state = em.state;
+    m.io = em.entries;
+    m.staging = em.staging;
+    m.allocated = em.allocated;
+    return m;
+  }
 #endif
-  uint64_t n = 0;
   if (const blm::fb::MemoryPlan *plan = artifact_->memoryPlan())
-    n += plan->arena_size();
+    m.arena = plan->arena_size();
   for (size_t i = 0; i < artifact_->numParameters(); ++i)
-    n += artifact_->parameterData(i).size();
+    m.weights += artifact_->parameterData(i).size();
   for (const auto &[name, b] : state_)
-    n += b.bytes();
+    m.state += b.bytes();
   for (const auto &[name, e] : entries_)
-    n += e->ownedBytes();
-  return n;
+    m.io += e->ownedBytes();
+  return m;
 }
 
 } // namespace bitloom::run

@@ -84,6 +84,42 @@ struct StateTransfers {
   uint64_t bytesUp = 0, bytesDown = 0;
 };
 
+/// The time of one dispatch of a profiled call (Session::runProfiled).
+struct DispatchTime {
+  /// The artifact's Dispatch.op ("bitloom_uk_ternary_matmul",
+  /// "train_step_kernel_12"); may be empty.
+  std::string op;
+  /// The kernel: its SPIR-V entry point (Vulkan) or symbol (CPU).
+  std::string kernel;
+  uint32_t groups[3] = {1, 1, 1};
+  double ns = 0;
+};
+
+/// One profiled call: every dispatch's time, in schedule order. On Vulkan,
+/// GPU time between timestamp queries (each dispatch from the end of the
+/// previous command to its own end); on the CPU, the wall time of each
+/// kernel call.
+struct StepProfile {
+  std::vector<DispatchTime> dispatches;
+  /// Vulkan: the streamed inputs' copies up and results' copies down.
+  double uploadNs = 0, downloadNs = 0;
+  double dispatchTotalNs() const;
+};
+
+/// The memory an opened artifact holds, by purpose (bytes asked for). On
+/// Vulkan, device memory; on the CPU, host buffers and the mapped weights.
+struct MemoryUse {
+  bool device = false;
+  uint64_t arena = 0;   ///< the memory plan's arena_size
+  uint64_t weights = 0; ///< frozen parameters (Vulkan: those uploaded)
+  uint64_t state = 0;   ///< trainables, optimizer state, KV caches
+  uint64_t io = 0;      ///< the prepared entry points' inputs and results
+  /// Vulkan: host-visible staging of the streamed inputs and results (not
+  /// in total()) and every device-local buffer's size, padding included.
+  uint64_t staging = 0, allocated = 0;
+  uint64_t total() const { return arena + weights + state + io; }
+};
+
 /// A 64-byte aligned, zero-initialized host buffer for one tensor.
 class HostBuffer {
 public:
@@ -201,6 +237,14 @@ public:
   /// Runs every dispatch of `e` in order, then makes state results current.
   /// DeviceError when the device fails.
   void run(Entry &e);
+  /// Empty when runProfiled() can time dispatches here, else why not (a
+  /// Vulkan device whose compute queue has no timestamps).
+  std::string profilingProblem() const;
+  /// run(), timing every dispatch: on Vulkan through a second recording of
+  /// the step with a timestamp query after every command (the plain one
+  /// stays free of them). DeviceError with profilingProblem() when the
+  /// device cannot time.
+  StepProfile runProfiled(Entry &e);
 
   /// Whether entry points run on a Vulkan device.
   bool onVulkan() const;
@@ -251,6 +295,8 @@ public:
   /// prepared entry point. On Vulkan, device memory: the arena, the weights
   /// uploaded, device state and the entry points' device buffers.
   uint64_t plannedBytes() const;
+  /// What plannedBytes() sums, by purpose.
+  MemoryUse memoryUse() const;
 
 private:
   struct Vulkan;
@@ -262,7 +308,9 @@ private:
   hal::cpu::NativeLibrary &library(uint32_t executable);
   uint8_t *arena();
   void prepareOnDevice(Entry &e);
-  void runOnDevice(Entry &e);
+  /// Runs `e` on the device; timed into `profile` when given.
+  void runOnDevice(Entry &e, StepProfile *profile);
+  void runOnHost(Entry &e, StepProfile *profile);
   /// The host wrote state tensor `name`: upload it before its next use.
   void hostWrote(const std::string &name);
   /// Downloads the state tensors in `names` the device has newer values of.

@@ -588,6 +588,9 @@ int main(int argc, char **argv) {
       ->capture_default_str();
   make->add_flag("--packed", makeArgs.options.packed,
                  "HF: store projections packed (uint8 + weight_scale)");
+  make->add_flag("--repeat-blocks", makeArgs.options.repeatBlocks,
+                 "every 65536-value block of a tensor repeats the first: "
+                 "files that compress to almost nothing (benchmark models)");
   make->add_option("--gguf-type", makeArgs.options.ggufProjectionType,
                    "GGUF projection type: TQ2_0 | TQ1_0 | F32 | F16 | BF16")
       ->capture_default_str();

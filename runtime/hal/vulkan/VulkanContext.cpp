@@ -109,7 +109,12 @@ void check(VkResult result, const char *call, const std::string &detail = "") {
   X(CmdFillBuffer)                                                             \
   X(CreatePipelineCache)                                                       \
   X(DestroyPipelineCache)                                                      \
-  X(GetPipelineCacheData)
+  X(GetPipelineCacheData)                                                      \
+  X(CreateQueryPool)                                                           \
+  X(DestroyQueryPool)                                                          \
+  X(CmdResetQueryPool)                                                         \
+  X(CmdWriteTimestamp)                                                         \
+  X(GetQueryPoolResults)
 
 struct Fns {
 #define BITLOOM_VK_MEMBER(name) PFN_vk##name name = nullptr;
@@ -194,6 +199,7 @@ struct Device {
   uint32_t maxPushConstantsSize = 0;
   VkDevice device = VK_NULL_HANDLE;
   uint32_t queueFamily = 0;
+  TimestampSupport timestamps;
   VkQueue queue = VK_NULL_HANDLE;
   VkCommandPool pool = VK_NULL_HANDLE;
   VkFence fence = VK_NULL_HANDLE;
@@ -318,6 +324,10 @@ struct SequenceState {
   size_t dispatches = 0;
   Op last = Op::None;
   bool finished = false;
+  /// Timestamp queries (profiling sequences only): the pool, its size and
+  /// how many are recorded.
+  VkQueryPool queries = VK_NULL_HANDLE;
+  uint32_t maxTimestamps = 0, timestamps = 0;
 
   /// Orders the command about to be recorded after the previous one.
   void barrierBefore(Op next) {
@@ -331,6 +341,8 @@ struct SequenceState {
   }
 
   ~SequenceState() {
+    if (queries != VK_NULL_HANDLE)
+      dev->fn.DestroyQueryPool(dev->device, queries, nullptr);
     for (VkDescriptorPool pool : pools)
       dev->fn.DestroyDescriptorPool(dev->device, pool, nullptr);
     if (cb != VK_NULL_HANDLE)
@@ -431,6 +443,28 @@ VulkanContext::VulkanContext(uint32_t deviceIndex,
     throw VulkanError("Vulkan device " + std::to_string(deviceIndex) + " (" +
                       dev->info.name + ") has no compute queue");
   dev->queueFamily = uint32_t(chosen);
+  {
+    // Timestamps: the queue family says whether its queues write them
+    // (timestampComputeAndGraphics only promises it for all at once).
+    TimestampSupport &ts = dev->timestamps;
+    const VkPhysicalDeviceLimits &limits = dev->properties.limits;
+    ts.validBits = families[dev->queueFamily].timestampValidBits;
+    ts.periodNs = limits.timestampPeriod;
+    ts.computeAndGraphics = limits.timestampComputeAndGraphics == VK_TRUE;
+    ts.supported = ts.validBits > 0 && ts.periodNs > 0;
+    if (!ts.supported)
+      ts.problem =
+          "Vulkan device " + std::to_string(deviceIndex) + " (" +
+          dev->info.name + "): its compute queue (family " +
+          std::to_string(dev->queueFamily) + ") has no timestamps (" +
+          (ts.validBits == 0 ? "timestampValidBits 0, "
+                               "timestampComputeAndGraphics " +
+                                   std::string(ts.computeAndGraphics
+                                                   ? "true"
+                                                   : "false")
+                             : "timestampPeriod 0") +
+          ")";
+  }
 
   const float priority = 1.0f;
   VkDeviceQueueCreateInfo queueInfo{};
@@ -991,14 +1025,32 @@ Pipeline VulkanContext::createPipeline(const std::vector<uint32_t> &spirv,
   return out;
 }
 
-CommandSequence VulkanContext::record() {
+const TimestampSupport &VulkanContext::timestamps() const {
+  return dev->timestamps;
+}
+
+CommandSequence VulkanContext::record(uint32_t maxTimestamps) {
+  if (maxTimestamps > 0 && !dev->timestamps.supported)
+    throw VulkanError(dev->timestamps.problem);
   auto state = std::make_shared<SequenceState>();
   state->dev = dev;
+  if (maxTimestamps > 0) {
+    VkQueryPoolCreateInfo info{};
+    info.sType = VK_STRUCTURE_TYPE_QUERY_POOL_CREATE_INFO;
+    info.queryType = VK_QUERY_TYPE_TIMESTAMP;
+    info.queryCount = maxTimestamps;
+    check(dev->fn.CreateQueryPool(dev->device, &info, nullptr, &state->queries),
+          "vkCreateQueryPool", std::to_string(maxTimestamps) + " timestamps");
+    state->maxTimestamps = maxTimestamps;
+  }
   state->cb = dev->allocateCommandBuffer();
   VkCommandBufferBeginInfo begin{};
   begin.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO;
   // Neither one-time (it is replayed) nor simultaneous (each replay waits).
   check(dev->fn.BeginCommandBuffer(state->cb, &begin), "vkBeginCommandBuffer");
+  // Queries must be reset before they are written again: on every replay.
+  if (state->queries != VK_NULL_HANDLE)
+    dev->fn.CmdResetQueryPool(state->cb, state->queries, 0, maxTimestamps);
   // Order this replay after what came before on the queue: uploads, and the
   // previous replay of this same sequence (its dispatches and copies).
   barrier(dev->fn, state->cb, kAnyStage, kAnyWrite, kAnyStage, kAnyAccess);
@@ -1197,6 +1249,48 @@ void CommandSequence::finish() {
 }
 
 bool CommandSequence::finished() const { return state && state->finished; }
+
+void CommandSequence::timestamp() {
+  if (!state)
+    throw VulkanError("timestamp: the sequence was not made by record()");
+  if (state->finished)
+    throw VulkanError("timestamp: the sequence is finished");
+  if (state->timestamps >= state->maxTimestamps)
+    throw VulkanError("timestamp: the sequence was recorded with room for " +
+                      std::to_string(state->maxTimestamps) + " timestamps");
+  // Bottom of the pipe: written when every earlier command has completed,
+  // so consecutive timestamps bracket the dispatch between them.
+  state->dev->fn.CmdWriteTimestamp(state->cb,
+                                   VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT,
+                                   state->queries, state->timestamps++);
+}
+
+size_t CommandSequence::numTimestamps() const {
+  return state ? state->timestamps : 0;
+}
+
+std::vector<double> CommandSequence::timestampsNs() const {
+  if (!state || state->timestamps == 0)
+    return {};
+  const Device &dev = *state->dev;
+  std::vector<uint64_t> ticks(state->timestamps);
+  // The fence wait of submitAndWait has passed: every query is available,
+  // and WAIT_BIT only guards against a call before any replay finished.
+  check(dev.fn.GetQueryPoolResults(
+            dev.device, state->queries, 0, state->timestamps,
+            ticks.size() * sizeof(uint64_t), ticks.data(), sizeof(uint64_t),
+            VK_QUERY_RESULT_64_BIT | VK_QUERY_RESULT_WAIT_BIT),
+        "vkGetQueryPoolResults");
+  const uint32_t bits = dev.timestamps.validBits;
+  const uint64_t mask = bits >= 64 ? ~uint64_t(0) : (uint64_t(1) << bits) - 1;
+  // Summed interval by interval: a counter of 36 valid bits may wrap in a
+  // long step, but not within one dispatch.
+  std::vector<double> out(ticks.size(), 0.0);
+  for (size_t i = 1; i < ticks.size(); ++i)
+    out[i] = out[i - 1] +
+             double((ticks[i] - ticks[i - 1]) & mask) * dev.timestamps.periodNs;
+  return out;
+}
 
 size_t CommandSequence::numDispatches() const {
   return state ? state->dispatches : 0;

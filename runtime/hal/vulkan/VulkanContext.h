@@ -132,6 +132,7 @@ private:
 class CommandSequence {
 public:
   CommandSequence() = default;
+  explicit operator bool() const { return state != nullptr; }
   /// Records a dispatch of `pipeline` over `buffers` (binding k gets the
   /// range buffers[k]) with `pushBytes` bytes of push constants. A memory
   /// barrier separates it from the previous command. Each range must lie
@@ -147,10 +148,20 @@ public:
   /// after a barrier on the previous command.
   void copy(const Buffer &src, uint64_t srcOffset, const Buffer &dst,
             uint64_t dstOffset, uint64_t bytes);
+  /// Records a timestamp query at the bottom of the pipe: it is written
+  /// once every command recorded before it has completed. The sequence
+  /// must come from VulkanContext::record(n) with fewer than n timestamps
+  /// recorded so far.
+  void timestamp();
   /// Ends the recording; submitAndWait calls it when needed.
   void finish();
   bool finished() const;
   size_t numDispatches() const;
+  size_t numTimestamps() const;
+  /// The timestamps of the last replay in nanoseconds after the first one
+  /// (so element 0 is 0), wrap-around of the device's timestampValidBits
+  /// undone and ticks scaled by timestampPeriod. Valid after submitAndWait.
+  std::vector<double> timestampsNs() const;
 
 private:
   friend class VulkanContext;
@@ -166,6 +177,22 @@ struct DeviceFeatures {
   bool storageBuffer8BitAccess = false;
   bool storageBuffer16BitAccess = false;
   bool integerDotProduct = false;
+};
+
+/// Whether the context's compute queue can write timestamp queries
+/// (timestampValidBits of its queue family > 0) and how to read them.
+struct TimestampSupport {
+  bool supported = false;
+  /// Bits of a timestamp that count (36 to 64 where supported).
+  uint32_t validBits = 0;
+  /// VkPhysicalDeviceLimits::timestampPeriod: nanoseconds per tick.
+  double periodNs = 0;
+  /// VkPhysicalDeviceLimits::timestampComputeAndGraphics: every compute and
+  /// graphics queue has timestamps.
+  bool computeAndGraphics = false;
+  /// Why not, in words, when unsupported ("device 0 (X): its compute queue
+  /// (family 2) has no timestamps (timestampValidBits 0)").
+  std::string problem;
 };
 
 class VulkanContext {
@@ -216,8 +243,14 @@ public:
                           const std::string &entryPoint = "main",
                           const PipelineCache &cache = PipelineCache());
 
-  /// Starts recording a command sequence.
-  CommandSequence record();
+  /// Timestamp support of the compute queue.
+  const TimestampSupport &timestamps() const;
+
+  /// Starts recording a command sequence; with `maxTimestamps` > 0 it owns
+  /// a timestamp query pool of that many queries, reset at the start of
+  /// every replay (VulkanError with timestamps().problem when the queue has
+  /// none). Sequences without one record no query commands at all.
+  CommandSequence record(uint32_t maxTimestamps = 0);
   /// Submits `sequence` (finishing it first if needed) to the compute queue
   /// and waits for it.
   void submitAndWait(CommandSequence &sequence);

@@ -125,6 +125,13 @@ std::string pipelineCacheKey(const blm::Artifact &artifact) {
 // ExecutorEntry
 //===----------------------------------------------------------------------===//
 
+double EntryProfile::dispatchTotalNs() const {
+  double total = 0;
+  for (double ns : dispatchNs)
+    total += ns;
+  return total;
+}
+
 void *ExecutorEntry::input(size_t i) const {
   const Tensor &t = arguments_.at(i);
   if (!t.streamed)
@@ -511,19 +518,15 @@ VulkanExecutor::prepare(const std::string &name,
   uploadParameters(weights);
 
   const blm::fb::MemoryPlan *plan = artifact_.memoryPlan();
-  CommandSequence seq = ctx_->record();
-  // Streamed arguments up, first thing in the step.
-  for (const ExecutorEntry::Tensor &t : entry->arguments_)
-    if (t.streamed && t.range.size > 0)
-      seq.copy(entry->staging_, t.stagingOffset, t.range.buffer, t.range.offset,
-               t.range.size);
   const size_t ndispatches = ep->dispatches() ? ep->dispatches()->size() : 0;
-  std::vector<BufferRange> ranges;
-  std::vector<uint32_t> constants;
+  entry->resolved_.reserve(ndispatches);
+  entry->info_.reserve(ndispatches);
   for (size_t d = 0; d < ndispatches; ++d) {
     const blm::fb::Dispatch &dp = *ep->dispatches()->Get(uint32_t(d));
     const std::string field = dispatchField(*ep, d, dp);
     const size_t nbindings = dp.bindings() ? dp.bindings()->size() : 0;
+    ExecutorEntry::Resolved r;
+    std::vector<BufferRange> &ranges = r.ranges;
     ranges.assign(nbindings, BufferRange());
     for (size_t k = 0; k < nbindings; ++k) {
       const blm::fb::Binding &b = *dp.bindings()->Get(uint32_t(k));
@@ -585,9 +588,8 @@ VulkanExecutor::prepare(const std::string &name,
                               num(limit) + " bytes)");
       ranges[k] = BufferRange(base.buffer, base.offset + b.offset(), size);
     }
-    constants.clear();
     if (dp.constants())
-      constants.assign(dp.constants()->begin(), dp.constants()->end());
+      r.constants.assign(dp.constants()->begin(), dp.constants()->end());
     const blm::fb::Executable &exe = artifact_.executable(dp.executable());
     const blm::fb::Kernel &kernel = *exe.kernels()->Get(dp.kernel());
     const blm::fb::Dim3 *grid = dp.workgroup_count();
@@ -595,24 +597,90 @@ VulkanExecutor::prepare(const std::string &name,
       grid = kernel.workgroup_count();
     const uint32_t gx = grid ? grid->x() : 1, gy = grid ? grid->y() : 1,
                    gz = grid ? grid->z() : 1;
-    try {
-      seq.dispatch(pipelines_.at({dp.executable(), dp.kernel()}), ranges,
-                   constants.data(), constants.size() * 4, gx, gy, gz);
-    } catch (const VulkanError &e) {
-      rethrow(e, path + ": " + field + ": ", "dispatch: ");
-    }
+    r.pipeline = pipelines_.at({dp.executable(), dp.kernel()});
+    entry->resolved_.push_back(std::move(r));
+    DispatchInfo info;
+    info.op = str(dp.op());
+    info.kernel = kernel.name()->str();
+    info.groups[0] = gx;
+    info.groups[1] = gy;
+    info.groups[2] = gz;
+    entry->info_.push_back(std::move(info));
   }
-  // Streamed results down, last thing in the step.
-  for (const ExecutorEntry::Tensor &t : entry->results_)
-    if (t.streamed && t.range.size > 0)
-      seq.copy(t.range.buffer, t.range.offset, entry->staging_, t.stagingOffset,
-               t.range.size);
-  seq.finish();
-  entry->sequence_ = std::move(seq);
   entry->numDispatches_ = ndispatches;
+  entry->sequence_ = recordEntry(*entry, /*timestamps=*/false);
   ExecutorEntry &ref = *entry;
   entries_[name] = std::move(entry);
   return ref;
+}
+
+CommandSequence VulkanExecutor::recordEntry(const ExecutorEntry &entry,
+                                            bool timestamps) {
+  const size_t n = entry.resolved_.size();
+  CommandSequence seq = ctx_->record(timestamps ? uint32_t(n + 3) : 0);
+  auto mark = [&] {
+    if (timestamps)
+      seq.timestamp();
+  };
+  mark();
+  // Streamed arguments up, first thing in the step.
+  for (const ExecutorEntry::Tensor &t : entry.arguments_)
+    if (t.streamed && t.range.size > 0)
+      seq.copy(entry.staging_, t.stagingOffset, t.range.buffer, t.range.offset,
+               t.range.size);
+  mark();
+  for (size_t d = 0; d < n; ++d) {
+    const ExecutorEntry::Resolved &r = entry.resolved_[d];
+    const uint32_t *g = entry.info_[d].groups;
+    try {
+      seq.dispatch(r.pipeline, r.ranges, r.constants.data(),
+                   r.constants.size() * 4, g[0], g[1], g[2]);
+    } catch (const VulkanError &e) {
+      const blm::fb::EntryPoint &ep = artifact_.entryPoint(entry.index_);
+      rethrow(e,
+              artifact_.path() + ": " +
+                  dispatchField(ep, d, *ep.dispatches()->Get(uint32_t(d))) +
+                  ": ",
+              "dispatch: ");
+    }
+    mark();
+  }
+  // Streamed results down, last thing in the step.
+  for (const ExecutorEntry::Tensor &t : entry.results_)
+    if (t.streamed && t.range.size > 0)
+      seq.copy(t.range.buffer, t.range.offset, entry.staging_, t.stagingOffset,
+               t.range.size);
+  mark();
+  seq.finish();
+  return seq;
+}
+
+std::string VulkanExecutor::profilingProblem() const {
+  return ctx_->timestamps().problem;
+}
+
+EntryProfile VulkanExecutor::runProfiled(ExecutorEntry &entry) {
+  const std::string where = artifact_.path() + ": entry point " + entry.name_;
+  if (!ctx_->timestamps().supported)
+    throw VulkanError(where + ": cannot time dispatches: " +
+                      ctx_->timestamps().problem);
+  std::vector<double> t;
+  try {
+    if (!entry.profiled_)
+      entry.profiled_ = recordEntry(entry, /*timestamps=*/true);
+    ctx_->submitAndWait(entry.profiled_);
+    t = entry.profiled_.timestampsNs();
+  } catch (const VulkanError &e) {
+    rethrow(e, where + ": ");
+  }
+  const size_t n = entry.resolved_.size();
+  EntryProfile profile;
+  profile.uploadNs = t[1] - t[0];
+  profile.dispatchNs.resize(n);
+  for (size_t d = 0; d < n; ++d)
+    profile.dispatchNs[d] = t[d + 2] - t[d + 1];
+  profile.downloadNs = t[n + 2] - t[n + 1];
+  return profile;
 }
 
 void VulkanExecutor::run(ExecutorEntry &entry) {

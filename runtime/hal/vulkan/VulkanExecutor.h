@@ -102,6 +102,30 @@ struct ExecutorMemory {
   uint64_t device() const { return arena + parameters + state + entries; }
 };
 
+/// What one dispatch of an entry point runs, for profiles.
+struct DispatchInfo {
+  /// The artifact's Dispatch.op: the micro-kernel or the outlined kernel's
+  /// name ("bitloom_uk_ternary_matmul", "train_step_kernel_12"); may be
+  /// empty.
+  std::string op;
+  /// The kernel's SPIR-V entry point.
+  std::string kernel;
+  uint32_t groups[3] = {1, 1, 1};
+};
+
+/// GPU time of one replay of an entry point, from timestamp queries around
+/// every command (VulkanExecutor::runProfiled).
+struct EntryProfile {
+  /// Per dispatch, in order: from the end of the previous command to the end
+  /// of this one (so barrier waits and launch gaps count to the dispatch).
+  std::vector<double> dispatchNs;
+  /// The streamed arguments' copies up, before the first dispatch, and the
+  /// streamed results' copies down, after the last.
+  double uploadNs = 0, downloadNs = 0;
+  /// The sum of dispatchNs.
+  double dispatchTotalNs() const;
+};
+
 /// One prepared entry point: its recorded command sequence and the
 /// host-visible memory of its streamed tensors.
 class ExecutorEntry {
@@ -122,9 +146,18 @@ public:
   /// Whether some dispatch may write argument `i` (binding access Write or
   /// ReadWrite): state bound there changes on the device.
   bool writesArgument(size_t i) const { return arguments_.at(i).written; }
+  /// Every dispatch, in order.
+  const std::vector<DispatchInfo> &dispatches() const { return info_; }
 
 private:
   friend class VulkanExecutor;
+  /// A dispatch with its bindings resolved: what recording needs, kept so
+  /// that a profiling sequence can be recorded after the plain one.
+  struct Resolved {
+    Pipeline pipeline;
+    std::vector<BufferRange> ranges;
+    std::vector<uint32_t> constants;
+  };
   struct Tensor {
     BufferRange range;
     bool streamed = false;
@@ -137,6 +170,11 @@ private:
   Buffer staging_;
   CommandSequence sequence_;
   size_t numDispatches_ = 0;
+  std::vector<DispatchInfo> info_;
+  std::vector<Resolved> resolved_;
+  /// The same commands with a timestamp query between each two, recorded
+  /// on the first runProfiled: the plain sequence never waits on queries.
+  CommandSequence profiled_;
 };
 
 class VulkanExecutor {
@@ -184,6 +222,17 @@ public:
   /// dispatch, streamed results down) and waits for it.
   void run(ExecutorEntry &entry);
 
+  /// Empty when the device's compute queue writes timestamps; otherwise
+  /// why not ("Vulkan device 0 (X): its compute queue (family 2) has no
+  /// timestamps (timestampValidBits 0, ...)").
+  std::string profilingProblem() const;
+  /// Does what run() does, through a second recording of `entry` with a
+  /// timestamp query after every command (recorded on first use), and
+  /// returns the GPU time of each dispatch. VulkanError with
+  /// profilingProblem() when the device cannot time. The queries cost time
+  /// of their own: use run() for wall-clock timing.
+  EntryProfile runProfiled(ExecutorEntry &entry);
+
   /// Host transfers and fills of state ranges (batched: one submission per
   /// 64 MiB of staging).
   void upload(const std::vector<HostCopy> &copies) { ctx_->upload(copies); }
@@ -214,6 +263,10 @@ private:
   BufferRange allocateDevice(uint64_t bytes);
   /// Uploads the weights in `indices` not on the device yet, in one batch.
   void uploadParameters(const std::vector<uint32_t> &indices);
+  /// Records `entry`'s step: streamed arguments up, its resolved dispatches,
+  /// streamed results down; with `timestamps`, a timestamp before the
+  /// copies up and after each group of commands (dispatches + 3 in all).
+  CommandSequence recordEntry(const ExecutorEntry &entry, bool timestamps);
   void warn(const std::string &message) const;
 
   const blm::Artifact &artifact_;

@@ -244,7 +244,7 @@ HarnessResult KernelHarness::run(const std::string &callee,
                     " buffers, its dispatch " + std::to_string(args.size()));
       vulkan::Pipeline &pipeline = pipelines[name];
       if (!pipeline)
-        pipeline = vk.createPipeline(k.words, k.numBuffers, 0, k.name);
+        pipeline = vk.createPipeline(k.words, k.numBuffers, 0, k.entryPoint);
       std::vector<vulkan::BufferRange> bound;
       for (unsigned a : args)
         bound.push_back(deviceBuffers[a]);

@@ -34,6 +34,15 @@ public:
   ~ForcedTile() { unsetenv("BITLOOM_VULKAN_MATMUL_TILE"); }
 };
 
+/// Sets BITLOOM_VULKAN_MATMUL_SPLIT (k-groups per workgroup) for one scope.
+class ForcedSplit {
+public:
+  explicit ForcedSplit(int splits) {
+    setenv("BITLOOM_VULKAN_MATMUL_SPLIT", std::to_string(splits).c_str(), 1);
+  }
+  ~ForcedSplit() { unsetenv("BITLOOM_VULKAN_MATMUL_SPLIT"); }
+};
+
 class MatmulKernelsTest : public ::testing::Test {
 protected:
   static void SetUpTestSuite() { harness = new KernelHarness(); }
@@ -85,7 +94,8 @@ struct TernaryCase {
 
 /// Runs the GPU and CPU forward on one random problem; expects equal bits.
 void checkTernary(KernelHarness &h, std::mt19937 &rng, TernaryCase c,
-                  const KernelTarget &target, const std::string &tile = "") {
+                  const KernelTarget &target, const std::string &tile = "",
+                  const std::string &mustContain = "") {
   SCOPED_TRACE("m " + std::to_string(c.m) + " n " + std::to_string(c.n) +
                " k " + std::to_string(c.k) + " " + describe(target) +
                " tile '" + tile + "'");
@@ -125,6 +135,7 @@ void checkTernary(KernelHarness &h, std::mt19937 &rng, TernaryCase c,
   if (!tile.empty())
     EXPECT_NE(r.kernels[0].find("_t" + tile + "_"), std::string::npos)
         << r.kernels[0];
+  EXPECT_NE(r.kernels[0].find(mustContain), std::string::npos) << r.kernels[0];
   std::vector<float> y = fromBytes<float>(r.buffers[3]);
   int64_t mismatches = 0;
   for (int64_t i = 0; i < c.m * c.n; ++i)
@@ -164,6 +175,16 @@ TEST_F(MatmulKernelsTest, TernaryForwardEveryTile) {
       checkTernary(*harness, rng, {150, 140, 300}, device(dot), tile);
 }
 
+TEST_F(MatmulKernelsTest, TernaryForwardSplitK) {
+  // 11 blocks: every split leaves some k-groups a block short.
+  for (int splits : {2, 4})
+    for (bool dot : {true, false}) {
+      ForcedSplit forced(splits);
+      checkTernary(*harness, rng, {40, 70, 1292}, device(dot), "",
+                   "_s" + std::to_string(splits) + "_");
+    }
+}
+
 TEST_F(MatmulKernelsTest, TernaryForwardRejectsUnalignedK) {
   std::vector<int8_t> xq(2 * 6);
   HarnessResult r = harness->run(
@@ -185,7 +206,8 @@ TEST_F(MatmulKernelsTest, TernaryForwardRejectsUnalignedK) {
 //===----------------------------------------------------------------------===//
 
 void checkTernaryT(KernelHarness &h, std::mt19937 &rng, TernaryCase c,
-                   const KernelTarget &target, const std::string &tile = "") {
+                   const KernelTarget &target, const std::string &tile = "",
+                   const std::string &mustContain = "") {
   SCOPED_TRACE("m " + std::to_string(c.m) + " n " + std::to_string(c.n) +
                " k " + std::to_string(c.k) + " " + describe(target) +
                " tile '" + tile + "'");
@@ -219,8 +241,9 @@ void checkTernaryT(KernelHarness &h, std::mt19937 &rng, TernaryCase c,
   ASSERT_TRUE(r.ok) << r.error;
   ASSERT_EQ(r.kernels.size(), 1u);
   if (!tile.empty())
-    EXPECT_NE(r.kernels[0].find("_t" + tile + "x"), std::string::npos)
+    EXPECT_NE(r.kernels[0].find("_t" + tile + "_"), std::string::npos)
         << r.kernels[0];
+  EXPECT_NE(r.kernels[0].find(mustContain), std::string::npos) << r.kernels[0];
   std::vector<float> dx = fromBytes<float>(r.buffers[3]);
   int64_t bad = 0;
   for (int64_t i = 0; i < c.m; ++i)
@@ -252,6 +275,16 @@ TEST_F(MatmulKernelsTest, TernaryTransposedEveryTile) {
     checkTernaryT(*harness, rng, {150, 40, 300}, device(true), tile);
 }
 
+TEST_F(MatmulKernelsTest, TernaryTransposedSplitK) {
+  // n = 300: 19 chunks of 16. (More k-groups of a whole packed block's
+  // columns do not fit in lavapipe's 32 KiB.)
+  for (int splits : {2}) {
+    ForcedSplit forced(splits);
+    checkTernaryT(*harness, rng, {40, 300, 260}, device(true), "",
+                  "_s" + std::to_string(splits));
+  }
+}
+
 //===----------------------------------------------------------------------===//
 // Dense GEMMs
 //===----------------------------------------------------------------------===//
@@ -274,7 +307,8 @@ float fromBf16Bits(uint16_t b) {
 
 void checkGemm(KernelHarness &h, std::mt19937 &rng, GemmCase c, bool transA,
                bool transB, bool accumulate, bool bf16,
-               const KernelTarget &target, const std::string &tile = "") {
+               const KernelTarget &target, const std::string &tile = "",
+               const std::string &mustContain = "") {
   SCOPED_TRACE("m " + std::to_string(c.m) + " n " + std::to_string(c.n) +
                " k " + std::to_string(c.k) + " transA " +
                std::to_string(transA) + " transB " + std::to_string(transB) +
@@ -324,8 +358,9 @@ void checkGemm(KernelHarness &h, std::mt19937 &rng, GemmCase c, bool transA,
   ASSERT_TRUE(r.ok) << r.error;
   ASSERT_EQ(r.kernels.size(), 1u);
   if (!tile.empty())
-    EXPECT_NE(r.kernels[0].find("_t" + tile + "x"), std::string::npos)
+    EXPECT_NE(r.kernels[0].find("_t" + tile + "_"), std::string::npos)
         << r.kernels[0];
+  EXPECT_NE(r.kernels[0].find(mustContain), std::string::npos) << r.kernels[0];
   std::vector<float> out = fromBytes<float>(r.buffers[2]);
   int64_t bad = 0;
   for (int64_t i = 0; i < c.m; ++i)
@@ -379,12 +414,26 @@ TEST_F(MatmulKernelsTest, GemmEveryTile) {
   int flags = 0;
   for (const char *tile :
        {"128x128", "128x64", "64x128", "64x64", "64x32", "32x64", "32x32",
-        "64x16", "16x64", "32x16", "16x32"}) {
+        "64x16", "16x64", "32x16", "16x32", "16x16"}) {
     checkGemm(*harness, rng, {150, 140, 40}, flags & 1, flags & 2, flags & 4,
               /*bf16=*/false, device(true), tile);
     flags = (flags + 3) % 8;
     checkGemm(*harness, rng, {150, 140, 40}, flags & 1, flags & 2, flags & 4,
               /*bf16=*/true, device(true), tile);
+    flags = (flags + 3) % 8;
+  }
+}
+
+TEST_F(MatmulKernelsTest, GemmSplitK) {
+  // k = 300: 19 chunks of 16.
+  int flags = 0;
+  for (int splits : {2, 4, 8}) {
+    ForcedSplit forced(splits);
+    checkGemm(*harness, rng, {70, 20, 300}, flags & 1, flags & 2, flags & 4,
+              /*bf16=*/false, device(true), "", "_s" + std::to_string(splits));
+    flags = (flags + 3) % 8;
+    checkGemm(*harness, rng, {20, 70, 300}, flags & 1, flags & 2, flags & 4,
+              /*bf16=*/true, device(true), "", "_s" + std::to_string(splits));
     flags = (flags + 3) % 8;
   }
 }
