@@ -47,10 +47,10 @@ struct Shape {
   int64_t qElements() const { return batch * queries * heads * headDim; }
   int64_t kElements() const { return batch * keys * kvHeads * headDim; }
   std::string name() const {
-    return "b" + std::to_string(batch) + "_t" + std::to_string(queries) +
-           "_s" + std::to_string(keys) + "_h" + std::to_string(heads) +
-           "_kv" + std::to_string(kvHeads) + "_d" + std::to_string(headDim) +
-           "_sc" + hexBits(scale) + (causal ? "_causal" : "_full");
+    return "b" + std::to_string(batch) + "_t" + std::to_string(queries) + "_s" +
+           std::to_string(keys) + "_h" + std::to_string(heads) + "_kv" +
+           std::to_string(kvHeads) + "_d" + std::to_string(headDim) + "_sc" +
+           hexBits(scale) + (causal ? "_causal" : "_full");
   }
 };
 
@@ -153,8 +153,8 @@ public:
   AttentionKernel(gpu::GPUFuncOp func, Kind kind, const Shape &s,
                   const Tiles &t)
       : b(OpBuilder::atBlockBegin(&func.getBody().front())),
-        e(b, func.getLoc()), args(func.getArguments()), kind(kind), s(s),
-        t(t) {}
+        e(b, func.getLoc()), args(func.getArguments()), kind(kind), s(s), t(t) {
+  }
 
   void build() {
     tid = e.threadId();
@@ -214,8 +214,8 @@ private:
       Value v = e.load(src, e.add(start, d));
       if (valid)
         v = e.select(valid, v, e.f32(0));
-      Value at = transposed ? e.add(e.mul(d, stride), i)
-                            : e.add(e.mul(i, stride), d);
+      Value at =
+          transposed ? e.add(e.mul(d, stride), i) : e.add(e.mul(i, stride), d);
       e.store(v, dst, at);
     });
   }
@@ -261,8 +261,7 @@ private:
   Value keyTiles(Value q0) {
     Value end = e.idx(s.keys);
     if (s.causal)
-      end = e.maxI(e.minI(e.add(q0, t.bq + s.keys - s.queries), end),
-                   e.idx(0));
+      end = e.maxI(e.minI(e.add(q0, t.bq + s.keys - s.queries), end), e.idx(0));
     return e.div(e.add(end, t.bk - 1), t.bk);
   }
 
@@ -283,14 +282,15 @@ private:
     auto qRowOf = [&](Value i) { return queryRow(bt, h, e.add(q0, i)); };
     loadTile(qs, /*transposed=*/true, qStride, bq, q, qRowOf);
 
-    ThreadGrid ga = gridFor(bq, bk, t.threads), gc = gridFor(bq, D(), t.threads);
+    ThreadGrid ga = gridFor(bq, bk, t.threads),
+               gc = gridFor(bq, D(), t.threads);
     Coords ca = coords(ga), cc = coords(gc);
     int64_t accSize = gc.rowsPer * gc.colsPer;
     SmallVector<Value> init = zeros(accSize);
     init.push_back(e.negInf()); // running max
     init.push_back(e.f32(0));   // running sum
-    SmallVector<Value> state = e.loop(
-        e.idx(0), keyTiles(q0), 1, init, [&](Value kt, ValueRange it) {
+    SmallVector<Value> state =
+        e.loop(e.idx(0), keyTiles(q0), 1, init, [&](Value kt, ValueRange it) {
           Value kv0 = e.mul(kt, bk);
           auto kRowOf = [&](Value j) { return keyRow(bt, kvh, e.add(kv0, j)); };
           loadTile(kv, /*transposed=*/true, kStride, bk, k, kRowOf);
@@ -331,8 +331,7 @@ private:
                     })[0];
                 Value mNew = e.fmax(m, rowMax);
                 // A row with no visible key yet: exponents of -inf, not NaN.
-                Value mSafe =
-                    e.select(e.eq(mNew, e.negInf()), e.f32(0), mNew);
+                Value mSafe = e.select(e.eq(mNew, e.negInf()), e.f32(0), mNew);
                 Value alpha = e.exp(e.sub(m, mSafe));
                 Value sum =
                     e.loop(0, bk, 1, {e.f32(0)}, [&](Value j, ValueRange a) {
@@ -349,22 +348,20 @@ private:
           // Phase C: O = alpha·O + P·V.
           SmallVector<Value> acc(it.begin(), it.begin() + accSize);
           for (int64_t r = 0; r < gc.rowsPer; ++r) {
-            Value alpha =
-                e.load(alphas, e.add(cc.row, gc.rowThreads * r));
+            Value alpha = e.load(alphas, e.add(cc.row, gc.rowThreads * r));
             for (int64_t c = 0; c < gc.colsPer; ++c)
               acc[r * gc.colsPer + c] = e.mul(acc[r * gc.colsPer + c], alpha);
           }
-          acc = accumulate(
-              e, bk, acc,
-              {{gc.rowsPer, gc.colsPer,
-                [&](int64_t r, Value j) {
-                  Value i = e.add(cc.row, gc.rowThreads * r);
-                  return e.load(ps, e.add(e.mul(i, kStride), j));
-                },
-                [&](int64_t c, Value j) {
-                  Value d = e.add(cc.col, gc.colThreads * c);
-                  return e.load(kv, e.add(e.mul(d, kStride), j));
-                }}});
+          acc = accumulate(e, bk, acc,
+                           {{gc.rowsPer, gc.colsPer,
+                             [&](int64_t r, Value j) {
+                               Value i = e.add(cc.row, gc.rowThreads * r);
+                               return e.load(ps, e.add(e.mul(i, kStride), j));
+                             },
+                             [&](int64_t c, Value j) {
+                               Value d = e.add(cc.col, gc.colThreads * c);
+                               return e.load(kv, e.add(e.mul(d, kStride), j));
+                             }}});
           e.barrier();
           acc.append(ml);
           return acc;
@@ -384,8 +381,8 @@ private:
       Value partial = e.f32(0);
       for (int64_t c = 0; c < gc.colsPer; ++c) {
         Value d = e.add(cc.col, gc.colThreads * c);
-        Value o = e.select(positive, e.div(state[r * gc.colsPer + c], li),
-                           e.f32(0));
+        Value o =
+            e.select(positive, e.div(state[r * gc.colsPer + c], li), e.f32(0));
         if (stats)
           partial = e.fma(e.load(args[3], e.add(start, d)), o, partial);
         else
@@ -409,11 +406,10 @@ private:
       Value start, valid;
       std::tie(start, valid) = qRowOf(tid);
       Value base = e.mul(tid, gc.colThreads);
-      Value dot = e.loop(0, gc.colThreads, 1, {e.f32(0)},
-                         [&](Value x, ValueRange a) {
-                           return SmallVector<Value>{
-                               e.add(a[0], e.load(red, e.add(base, x)))};
-                         })[0];
+      Value dot =
+          e.loop(0, gc.colThreads, 1, {e.f32(0)}, [&](Value x, ValueRange a) {
+            return SmallVector<Value>{e.add(a[0], e.load(red, e.add(base, x)))};
+          })[0];
       Value lse = e.select(e.gt(l, e.f32(0)), e.add(m, e.log(l)), e.posInf());
       e.ifThen(valid, [&] {
         e.store(lse, dq, start);
@@ -435,22 +431,22 @@ private:
     auto colOf = [&](int64_t c) { return e.add(ca.col, ga.colThreads * c); };
     int64_t n = ga.rowsPer * ga.colsPer;
     SmallVector<Value> init = zeros(2 * n);
-    SmallVector<Value> acc = accumulate(
-        e, D(), init,
-        {{ga.rowsPer, ga.colsPer,
-          [&](int64_t r, Value d) {
-            return e.load(qs, e.add(e.mul(d, qStride), rowOf(r)));
-          },
-          [&](int64_t c, Value d) {
-            return e.load(ks, e.add(e.mul(d, kStride), colOf(c)));
-          }},
-         {ga.rowsPer, ga.colsPer,
-          [&](int64_t r, Value d) {
-            return e.load(douts, e.add(e.mul(rowOf(r), dStride), d));
-          },
-          [&](int64_t c, Value d) {
-            return e.load(vs, e.add(e.mul(d, kStride), colOf(c)));
-          }}});
+    SmallVector<Value> acc =
+        accumulate(e, D(), init,
+                   {{ga.rowsPer, ga.colsPer,
+                     [&](int64_t r, Value d) {
+                       return e.load(qs, e.add(e.mul(d, qStride), rowOf(r)));
+                     },
+                     [&](int64_t c, Value d) {
+                       return e.load(ks, e.add(e.mul(d, kStride), colOf(c)));
+                     }},
+                    {ga.rowsPer, ga.colsPer,
+                     [&](int64_t r, Value d) {
+                       return e.load(douts, e.add(e.mul(rowOf(r), dStride), d));
+                     },
+                     [&](int64_t c, Value d) {
+                       return e.load(vs, e.add(e.mul(d, kStride), colOf(c)));
+                     }}});
     Value scale = e.f32(s.scale);
     for (int64_t r = 0; r < ga.rowsPer; ++r) {
       Value i = rowOf(r);
@@ -488,8 +484,7 @@ private:
     Value dk = args[5], dv = args[6];
     int64_t bq = t.bq, bk = t.bk, qStride = bq + 1, kStride = bk + 1,
             dStride = D() + 1;
-    Value bt = e.blockId(gpu::Dimension::z),
-          kvh = e.blockId(gpu::Dimension::y);
+    Value bt = e.blockId(gpu::Dimension::z), kvh = e.blockId(gpu::Dimension::y);
     Value kv0 = e.mul(e.blockId(gpu::Dimension::x), bk);
     Value ks = e.shared(D() * kStride), vs = e.shared(D() * kStride);
     Value qs = e.shared(D() * qStride), douts = e.shared(bq * dStride);
@@ -503,19 +498,17 @@ private:
     // first key's diagonal.
     Value firstTile = e.idx(0);
     if (s.causal)
-      firstTile =
-          e.div(e.maxI(e.add(kv0, s.queries - s.keys), e.idx(0)), bq);
+      firstTile = e.div(e.maxI(e.add(kv0, s.queries - s.keys), e.idx(0)), bq);
     Value queryTiles = e.idx(ceilDiv(s.queries, bq));
 
     ThreadGrid gc = gridFor(bk, D(), t.threads);
     Coords cc = coords(gc);
     int64_t n = gc.rowsPer * gc.colsPer;
-    SmallVector<Value> acc = e.loop(
-        0, s.group(), 1, zeros(2 * n), [&](Value g, ValueRange perHead) {
+    SmallVector<Value> acc =
+        e.loop(0, s.group(), 1, zeros(2 * n), [&](Value g, ValueRange perHead) {
           Value h = e.add(e.mul(kvh, s.group()), g);
           return e.loop(
-              firstTile, queryTiles, 1, perHead,
-              [&](Value qt, ValueRange it) {
+              firstTile, queryTiles, 1, perHead, [&](Value qt, ValueRange it) {
                 Value q0 = e.mul(qt, bq);
                 auto qRowOf = [&](Value i) {
                   return queryRow(bt, h, e.add(q0, i));
@@ -589,9 +582,7 @@ private:
         e.idx(0), keyTiles(q0), 1, zeros(gc.rowsPer * gc.colsPer),
         [&](Value kt, ValueRange it) {
           Value kv0 = e.mul(kt, bk);
-          auto kRowOf = [&](Value j) {
-            return keyRow(bt, kvh, e.add(kv0, j));
-          };
+          auto kRowOf = [&](Value j) { return keyRow(bt, kvh, e.add(kv0, j)); };
           e.barrier();
           loadTile(ks, /*transposed=*/true, kStride, bk, k, kRowOf);
           loadTile(vs, /*transposed=*/true, kStride, bk, v, kRowOf);
@@ -600,17 +591,16 @@ private:
                                  Value(), dss);
           e.barrier();
           // dq += dS·k.
-          return accumulate(
-              e, bk, it,
-              {{gc.rowsPer, gc.colsPer,
-                [&](int64_t r, Value j) {
-                  Value i = e.add(cc.row, gc.rowThreads * r);
-                  return e.load(dss, e.add(e.mul(i, kStride), j));
-                },
-                [&](int64_t c, Value j) {
-                  Value d = e.add(cc.col, gc.colThreads * c);
-                  return e.load(ks, e.add(e.mul(d, kStride), j));
-                }}});
+          return accumulate(e, bk, it,
+                            {{gc.rowsPer, gc.colsPer,
+                              [&](int64_t r, Value j) {
+                                Value i = e.add(cc.row, gc.rowThreads * r);
+                                return e.load(dss, e.add(e.mul(i, kStride), j));
+                              },
+                              [&](int64_t c, Value j) {
+                                Value d = e.add(cc.col, gc.colThreads * c);
+                                return e.load(ks, e.add(e.mul(d, kStride), j));
+                              }}});
         });
     // Every thread has read its rows' stats before any row is overwritten.
     e.barrier();
@@ -626,8 +616,9 @@ private:
 
 /// The dispatch of one kernel over `buffers` (adding the kernel to
 /// `module` unless it is there).
-FailureOr<KernelDispatch> dispatch(func::CallOp call, ModuleOp module, Kind kind,
-                                   const Shape &s, const KernelTarget &target,
+FailureOr<KernelDispatch> dispatch(func::CallOp call, ModuleOp module,
+                                   Kind kind, const Shape &s,
+                                   const KernelTarget &target,
                                    ArrayRef<Value> buffers) {
   FailureOr<Tiles> tiles = chooseTiles(kind, s, target);
   if (failed(tiles))
@@ -666,9 +657,8 @@ buildAttentionDispatches(func::CallOp call, ModuleOp module,
     return call.emitError("no attention kernel for @") << callee;
   unsigned numBuffers = grad ? 7 : 4;
   if (call.getNumOperands() != numBuffers + 8)
-    return call.emitError("@")
-           << callee << " expects " << numBuffers + 8 << " operands, got "
-           << call.getNumOperands();
+    return call.emitError("@") << callee << " expects " << numBuffers + 8
+                               << " operands, got " << call.getNumOperands();
   CallOperands ops(call);
   SmallVector<int64_t> sizes;
   for (unsigned i = 0; i < 6; ++i) {
@@ -681,8 +671,8 @@ buildAttentionDispatches(func::CallOp call, ModuleOp module,
   FailureOr<int64_t> causal = ops.constantInt(numBuffers + 7);
   if (failed(scale) || failed(causal))
     return failure();
-  Shape s{sizes[0], sizes[1], sizes[2], sizes[3], sizes[4],
-          sizes[5], *scale,   *causal != 0};
+  Shape s{sizes[0], sizes[1], sizes[2], sizes[3],
+          sizes[4], sizes[5], *scale,   *causal != 0};
   if (s.batch <= 0 || s.queries <= 0 || s.keys <= 0 || s.heads <= 0 ||
       s.kvHeads <= 0 || s.headDim <= 0 || s.heads % s.kvHeads)
     return call.emitError("attention: unsupported shape ")

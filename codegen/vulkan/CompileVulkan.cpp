@@ -49,8 +49,12 @@ KernelTarget kernelTargetForProfile(const std::string &name) {
   t.storage8Bit = p.storageBuffer8BitAccess;
   t.storage16Bit = p.storageBuffer16BitAccess;
   t.integerDotProduct = p.integerDotProduct;
-  // Kernels accumulate in f32 on every profile: mobile GPUs have no f64.
-  t.float64 = false;
+  // Where the profile has f64, kernels keep the CPU targets' f64
+  // accumulations (and quantize exactly as they do); elsewhere (phones)
+  // they demote them to f32.
+  t.float64 = p.shaderFloat64;
+  if (p.minStorageBufferRange)
+    t.maxStorageBufferRange = p.minStorageBufferRange;
   return t;
 }
 
@@ -189,6 +193,39 @@ void demoteF64(gpu::GPUFuncOp func) {
   });
 }
 
+/// GLSL's extended instructions take f64 for a few functions only (sqrt,
+/// abs, rounding, fma): the others (pow, exp, log, sin, cos, ...) run in f32
+/// on f64 values. Only bias corrections and rotary angles use them.
+void narrowTranscendentals(gpu::GPUFuncOp func) {
+  MLIRContext *ctx = func.getContext();
+  Type f64 = Float64Type::get(ctx), f32 = Float32Type::get(ctx);
+  SmallVector<Operation *> narrow;
+  func.walk([&](Operation *op) {
+    if (!isa_and_nonnull<math::MathDialect>(op->getDialect()) ||
+        op->getNumResults() != 1 || op->getResult(0).getType() != f64)
+      return;
+    if (isa<math::SqrtOp, math::AbsFOp, math::RoundEvenOp, math::RoundOp,
+            math::FloorOp, math::CeilOp, math::FmaOp, math::CopySignOp,
+            math::TruncOp>(op))
+      return;
+    narrow.push_back(op);
+  });
+  for (Operation *op : narrow) {
+    OpBuilder b(op);
+    IRMapping map;
+    for (Value operand : op->getOperands())
+      map.map(operand,
+              operand.getType() == f64
+                  ? Value(arith::TruncFOp::create(b, op->getLoc(), f32, operand))
+                  : operand);
+    Operation *copy = b.clone(*op, map);
+    copy->getResult(0).setType(f32);
+    Value wide = arith::ExtFOp::create(b, op->getLoc(), f64, copy->getResult(0));
+    op->getResult(0).replaceAllUsesWith(wide);
+    op->erase();
+  }
+}
+
 /// bf16 buffers (frozen embeddings) are read as their 16-bit patterns and
 /// widened exactly (bits << 16): SPIR-V has no bf16 loads.
 void widenBF16Arguments(gpu::GPUFuncOp func) {
@@ -308,7 +345,6 @@ public:
   void lowerToLaunches(func::FuncOp func) {
     for (Operation &op : llvm::make_early_inc_range(func.getOps())) {
       if (isMicroKernelCall(&op)) {
-        if (getenv("BITLOOM_SKIP_UK")) { ukernelDispatches[&op] = {}; continue; } // HACK
         FailureOr<SmallVector<KernelDispatch>> dispatches =
             buildUkernelDispatches(cast<func::CallOp>(op), module, target);
         if (failed(dispatches))
@@ -503,7 +539,6 @@ CompiledVulkanModule compileForVulkan(ModuleOp source,
   for (const std::string &entry : entries)
     lowering.lowerToLaunches(module->lookupSymbol<func::FuncOp>(entry));
 
-  if (getenv("BITLOOM_DUMP")) { std::error_code ec; llvm::raw_fd_ostream os("/tmp/vk/pre.mlir", ec); module->print(os); } // HACK
   {
     PassManager pm(context);
     pm.addPass(createGpuKernelOutliningPass());
@@ -534,7 +569,10 @@ CompiledVulkanModule compileForVulkan(ModuleOp source,
     });
   for (auto gpuModule : module->getOps<gpu::GPUModuleOp>())
     for (auto func : gpuModule.getOps<gpu::GPUFuncOp>()) {
-      demoteF64(func);
+      if (!target.float64)
+        demoteF64(func);
+      else
+        narrowTranscendentals(func);
       widenBF16Arguments(func);
     }
   deduplicateKernels(*module);
@@ -632,6 +670,15 @@ CompiledVulkanModule compileForVulkan(ModuleOp source,
         } else {
           b.source = GpuBinding::Source::Arena;
         }
+        if (b.size > target.maxStorageBufferRange)
+          fail(d.op, "binding " + std::to_string(out.bindings.size()) +
+                         " of " + out.op + " covers " +
+                         std::to_string(b.size) +
+                         " bytes, more than the profile's storage buffer "
+                         "range of " +
+                         std::to_string(target.maxStorageBufferRange) +
+                         " bytes (splitting such tensors is not built yet; "
+                         "a profile with a larger range can take it)");
         out.bindings.push_back(b);
       }
       // The kernel index is resolved after conversion, by name.

@@ -43,9 +43,9 @@ struct Problem {
   int64_t n, v, k, blockRows;
   bool bf16, training;
   std::string name() const {
-    return std::string(bf16 ? "bf16" : "f32") + (training ? "_train" : "_loss") +
-           "_n" + std::to_string(n) + "_v" + std::to_string(v) + "_k" +
-           std::to_string(k);
+    return std::string(bf16 ? "bf16" : "f32") +
+           (training ? "_train" : "_loss") + "_n" + std::to_string(n) + "_v" +
+           std::to_string(v) + "_k" + std::to_string(k);
   }
 };
 
@@ -78,50 +78,44 @@ struct GemmTiles {
 /// Shared floats of a tiling: the A and B slices, or the partial tiles of
 /// half the groups, whichever is larger (they share one array).
 int64_t gemmSharedFloats(const GemmTiles &t) {
-  return std::max(t.depth() * (t.bm + t.bn + 2),
-                  t.groups / 2 * t.bm * t.bn);
+  return std::max(t.depth() * (t.bm + t.bn + 2), t.groups / 2 * t.bm * t.bn);
+}
+
+/// Whether `t` fits the target: threads and shared memory.
+bool fits(const GemmTiles &t, const KernelTarget &target) {
+  return t.threads <= target.maxWorkgroupInvocations &&
+         gemmSharedFloats(t) * 4 <= target.sharedMemoryBytes &&
+         t.bm * t.bn % t.groupThreads() == 0;
 }
 
 /// 128 x 128 tiles with 256 threads (8 x 8 outputs each) for large
-/// products; smaller tiles, down to 32 x 32, where that leaves fewer than
-/// ~128 workgroups; then K split over up to 16 thread groups when the tiles
-/// are still few and K is long.
-GemmTiles chooseGemmTiles(const Gemm &g, const KernelTarget &target) {
-  int64_t maxThreads = workgroupThreads(target, 512);
-  int64_t bm = std::min<int64_t>(128, std::max<int64_t>(16, pow2Ceil(g.m)));
+/// products, smaller ones where that leaves too few workgroups to fill a
+/// large GPU; `override` names an environment variable that may force one
+/// ("bm,bn,bk,groupThreads,groups", for tuning runs).
+GemmTiles chooseGemmTiles(const Gemm &g, const KernelTarget &target,
+                          const char *override) {
+  int64_t maxThreads = workgroupThreads(target);
+  int64_t bm = std::min<int64_t>(128, std::max<int64_t>(8, pow2Ceil(g.m)));
   int64_t bn = 128;
   auto tiles = [&] { return ceilDiv(g.m, bm) * ceilDiv(g.n, bn); };
-  while (tiles() < 128 && bn > 32)
+  while (tiles() < 256 && bn > 32)
     bn /= 2;
-  while (tiles() < 128 && bm > 32)
+  while (tiles() < 256 && bm > 16)
     bm /= 2;
   // 16 to 64 outputs per thread.
-  int64_t groupThreads =
-      std::max<int64_t>(1, std::min(bm * bn / 32, std::min<int64_t>(256, maxThreads)));
-  GemmTiles t{groupThreads, bm, bn, 16, 1};
-  while (gemmSharedFloats(t) * 4 > target.sharedMemoryBytes && t.bk > 2)
+  int64_t threads = std::min(maxThreads, bm * bn / 16);
+  threads = std::max(threads, std::min<int64_t>(32, maxThreads));
+  GemmTiles t{threads, bm, bn, 16, 1};
+  while (!fits(t, target) && t.bk > 2)
     t.bk /= 2;
-  if (tiles() < 256) {
-    GemmTiles split = t;
-    split.bk = 8;
-    while (split.threads * 2 <= maxThreads && split.groups < 16 &&
-           g.k >= 8 * split.depth() * 2) {
-      GemmTiles next = split;
-      next.threads *= 2;
-      next.groups *= 2;
-      if (gemmSharedFloats(next) * 4 > target.sharedMemoryBytes)
-        break;
-      split = next;
-    }
-    if (split.groups > 1)
-      t = split;
-  }
-  if (const char *forced = std::getenv("BITLOOM_VULKAN_CE_GEMM_TILE")) {
-    // "bm,bn,bk,groupThreads,groups": for tuning runs.
+  if (const char *forced = std::getenv(override)) {
     int64_t v[5];
     if (std::sscanf(forced, "%ld,%ld,%ld,%ld,%ld", &v[0], &v[1], &v[2], &v[3],
-                    &v[4]) == 5)
-      t = {v[3] * v[4], v[0], v[1], v[2], v[4]};
+                    &v[4]) == 5) {
+      GemmTiles f{v[3] * v[4], v[0], v[1], v[2], v[4]};
+      if (fits(f, target))
+        t = f;
+    }
   }
   return t;
 }
@@ -210,8 +204,7 @@ public:
         e.loop(0, t.bm, 1, {arith::ConstantIntOp::create(b, e.loc, 0, 1)},
                [&](Value i, ValueRange acc) {
                  Value r = e.add(m0, i);
-                 Value at =
-                     e.add(e.minI(r, e.idx(g.m - 1)), e.idx(g.maskRow0));
+                 Value at = e.add(e.minI(r, e.idx(g.m - 1)), e.idx(g.maskRow0));
                  Value in = e.ne(e.load(mask, at), e.f32(0));
                  if (g.m % t.bm)
                    in = e.andI(in, e.lt(r, g.m));
@@ -277,8 +270,7 @@ private:
 
   /// Runs body(el) for el = tid, tid + threads, ... below `total`,
   /// unrolled (guarded where `total` is not a multiple of threads).
-  void forEachElement(int64_t total,
-                      const std::function<void(Value)> &body) {
+  void forEachElement(int64_t total, const std::function<void(Value)> &body) {
     for (int64_t first = 0; first < total; first += t.threads) {
       Value el = e.add(tid, first);
       if (first + t.threads <= total)
@@ -312,7 +304,8 @@ private:
   /// The two bf16 elements of an i32 word, widened: low half first.
   std::pair<Value, Value> widen(Value word) {
     Value lo = arith::ShLIOp::create(b, e.loc, word, e.i32(16));
-    Value hi = arith::AndIOp::create(b, e.loc, word, e.i32(int32_t(0xffff0000)));
+    Value hi =
+        arith::AndIOp::create(b, e.loc, word, e.i32(int32_t(0xffff0000)));
     auto f32 = b.getF32Type();
     return {arith::BitcastOp::create(b, e.loc, f32, lo),
             arith::BitcastOp::create(b, e.loc, f32, hi)};
@@ -469,22 +462,19 @@ public:
         in,
         [&]() -> SmallVector<Value> {
           Value label = e.i32ToIndex(e.load(labels, global));
-          Value clamped =
-              e.maxI(e.minI(label, e.idx(p.v - 1)), e.idx(0));
-          Value partialMax = e.loop(tid, e.idx(p.v), threads, {e.negInf()},
-                                    [&](Value c, ValueRange a) {
-                                      return SmallVector<Value>{e.fmax(
-                                          a[0], e.load(scratch,
-                                                       e.add(rowBase, c)))};
-                                    })[0];
-          Value max = reduce(buf, partialMax, /*max=*/true);
-          Value partialSum =
-              e.loop(tid, e.idx(p.v), threads, {e.f32(0)},
+          Value clamped = e.maxI(e.minI(label, e.idx(p.v - 1)), e.idx(0));
+          Value partialMax =
+              e.loop(tid, e.idx(p.v), threads, {e.negInf()},
                      [&](Value c, ValueRange a) {
-                       Value l = e.load(scratch, e.add(rowBase, c));
                        return SmallVector<Value>{
-                           e.add(a[0], e.exp(e.sub(l, max)))};
+                           e.fmax(a[0], e.load(scratch, e.add(rowBase, c)))};
                      })[0];
+          Value max = reduce(buf, partialMax, /*max=*/true);
+          Value partialSum = e.loop(
+              tid, e.idx(p.v), threads, {e.f32(0)}, [&](Value c, ValueRange a) {
+                Value l = e.load(scratch, e.add(rowBase, c));
+                return SmallVector<Value>{e.add(a[0], e.exp(e.sub(l, max)))};
+              })[0];
           Value sum = reduce(buf, partialSum);
           Value atLabel = e.load(scratch, e.add(rowBase, clamped));
           Value logProb = e.sub(e.sub(atLabel, max), e.log(sum));
@@ -537,12 +527,11 @@ public:
     if (last)
       cnt = count(mask, p.n, e.shared(threads, b.getI32Type()));
     int64_t stride = p.training ? p.k : p.v, offset = p.training ? r0 : 0;
-    Value partial = e.loop(tid, e.idx(rows), threads, {e.f32(0)},
-                           [&](Value i, ValueRange a) {
-                             Value at = e.mul(e.add(i, offset), stride);
-                             return SmallVector<Value>{
-                                 e.add(a[0], e.load(terms, at))};
-                           })[0];
+    Value partial = e.loop(
+        tid, e.idx(rows), threads, {e.f32(0)}, [&](Value i, ValueRange a) {
+          Value at = e.mul(e.add(i, offset), stride);
+          return SmallVector<Value>{e.add(a[0], e.load(terms, at))};
+        })[0];
     Value sum = reduce(buf, partial);
     e.ifThen(e.eq(tid, e.idx(0)), [&] {
       Value total = first ? sum : e.add(e.load(loss, 0), sum);
@@ -575,9 +564,8 @@ buildCrossEntropyDispatches(func::CallOp call, ModuleOp module,
     return call.emitError("no cross-entropy kernel for @") << callee;
   unsigned numBuffers = training ? 8 : 6;
   if (call.getNumOperands() != numBuffers + 4)
-    return call.emitError("@")
-           << callee << " expects " << numBuffers + 4 << " operands, got "
-           << call.getNumOperands();
+    return call.emitError("@") << callee << " expects " << numBuffers + 4
+                               << " operands, got " << call.getNumOperands();
   CallOperands ops(call);
   SmallVector<int64_t> sizes;
   for (unsigned i = 0; i < 4; ++i) {
@@ -606,8 +594,8 @@ buildCrossEntropyDispatches(func::CallOp call, ModuleOp module,
     return ops.buffer(i, elt, elements);
   };
   FailureOr<Value> x = get(xI, f32, p.n * p.k), w = get(wI, wElt, p.v * p.k),
-                   labels = get(labelsI, i32, p.n),
-                   mask = get(maskI, f32, p.n), loss = get(lossI, f32, 1),
+                   labels = get(labelsI, i32, p.n), mask = get(maskI, f32, p.n),
+                   loss = get(lossI, f32, 1),
                    scratch = get(scratchI, f32, p.blockRows * p.v);
   if (failed(x) || failed(w) || failed(labels) || failed(mask) ||
       failed(loss) || failed(scratch))
@@ -641,10 +629,13 @@ buildCrossEntropyDispatches(func::CallOp call, ModuleOp module,
 
   SmallVector<KernelDispatch> dispatches;
   auto gemm = [&](StringRef what, const Gemm &g, ArrayRef<Value> buffers) {
-    GemmTiles t = chooseGemmTiles(g, target);
+    GemmTiles t =
+        chooseGemmTiles(g, target,
+                        what == "logits" ? "BITLOOM_VULKAN_CE_LOGITS_TILE"
+                                         : "BITLOOM_VULKAN_CE_XGRAD_TILE");
     std::string name = ("bitloom_lce_" + what + "_").str() + p.name() + "_r" +
-                       std::to_string(g.maskRow0) + "_m" +
-                       std::to_string(g.m) + "_" + t.name();
+                       std::to_string(g.maskRow0) + "_m" + std::to_string(g.m) +
+                       "_" + t.name();
     if (gpu::GPUFuncOp func =
             createKernel(module, name, typesOf(buffers), t.threads))
       GemmKernel(func, g, t).build();

@@ -54,9 +54,10 @@ inline void loadKernelDialects(mlir::MLIRContext *ctx) {
 /// (marked gpu.container_module), with an entry block and `workgroupSize`
 /// threads; null when `module` already has a gpu.module of that name: the
 /// names encode every specialization, so that kernel is the same one.
-inline mlir::gpu::GPUFuncOp
-createKernel(mlir::ModuleOp module, llvm::StringRef name,
-             llvm::ArrayRef<mlir::Type> args, int64_t workgroupSize) {
+inline mlir::gpu::GPUFuncOp createKernel(mlir::ModuleOp module,
+                                         llvm::StringRef name,
+                                         llvm::ArrayRef<mlir::Type> args,
+                                         int64_t workgroupSize) {
   using namespace mlir;
   MLIRContext *ctx = module.getContext();
   loadKernelDialects(ctx);
@@ -69,8 +70,7 @@ createKernel(mlir::ModuleOp module, llvm::StringRef name,
   Location loc = module.getLoc();
   auto gpuModule = gpu::GPUModuleOp::create(b, loc, name);
   b.setInsertionPointToStart(gpuModule.getBody());
-  auto func =
-      gpu::GPUFuncOp::create(b, loc, name, b.getFunctionType(args, {}));
+  auto func = gpu::GPUFuncOp::create(b, loc, name, b.getFunctionType(args, {}));
   func->setAttr(gpu::GPUDialect::getKernelFuncAttrName(), b.getUnitAttr());
   func->setAttr(spirv::getEntryPointABIAttrName(),
                 spirv::getEntryPointABIAttr(
@@ -172,9 +172,7 @@ public:
   mlir::Value i32(int64_t v) {
     return mlir::arith::ConstantOp::create(b, loc, b.getI32IntegerAttr(v));
   }
-  mlir::Value negInf() {
-    return f32(-std::numeric_limits<double>::infinity());
-  }
+  mlir::Value negInf() { return f32(-std::numeric_limits<double>::infinity()); }
   mlir::Value posInf() { return f32(std::numeric_limits<double>::infinity()); }
 
   // Arithmetic on index / i32 (signed) or f32 by the operands' type.
@@ -311,13 +309,14 @@ public:
   llvm::SmallVector<mlir::Value> loop(mlir::Value lb, mlir::Value ub,
                                       int64_t step, mlir::ValueRange init,
                                       const LoopBody &body) {
-    auto op = mlir::scf::ForOp::create(
-        b, loc, lb, ub, idx(step), init,
-        [&](mlir::OpBuilder &, mlir::Location, mlir::Value iv,
-            mlir::ValueRange args) {
-          llvm::SmallVector<mlir::Value> next = body(iv, args);
-          mlir::scf::YieldOp::create(b, loc, next);
-        });
+    auto op =
+        mlir::scf::ForOp::create(b, loc, lb, ub, idx(step), init,
+                                 [&](mlir::OpBuilder &, mlir::Location,
+                                     mlir::Value iv, mlir::ValueRange args) {
+                                   llvm::SmallVector<mlir::Value> next =
+                                       body(iv, args);
+                                   mlir::scf::YieldOp::create(b, loc, next);
+                                 });
     llvm::SmallVector<mlir::Value> results(op.getResults());
     // SCFToSPIRV (MLIR 22) returns a loop's results through a Function
     // variable stored only in the body: a loop that runs zero times yields

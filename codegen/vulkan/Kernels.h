@@ -38,6 +38,8 @@ struct KernelTarget {
   bool storage16Bit = false;         // 16-bit storage buffer access
   bool integerDotProduct = false;    // SPV_KHR_integer_dot_product
   bool float64 = true;               // shaderFloat64
+  /// The largest range one storage buffer binding may cover.
+  uint64_t maxStorageBufferRange = uint64_t(128) << 20;
 };
 
 /// One dispatch of a kernel: `kernel` names a gpu.module of `module` that

@@ -36,6 +36,11 @@ struct BenchArgs {
   std::string artifact;
   std::vector<std::string> entries;
   int64_t steps = 10, warmup = 2;
+  /// --profile-kernels [N]: the N most expensive ops and dispatches; 0: no
+  /// profile.
+  int64_t profileTop = 0;
+  /// Profiled calls after the timed ones (--profile-steps).
+  int64_t profileSteps = 3;
   uint64_t seed = 0;
   bool json = false;
   int threads = 0;

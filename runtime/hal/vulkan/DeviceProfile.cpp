@@ -66,6 +66,7 @@ std::vector<DeviceProfile> makeProfiles() {
   nvidia.description = "NVIDIA Turing or newer (int8 dot product)";
   nvidia.minApiVersion = makeApiVersion(1, 3);
   nvidia.minSubgroupSize = 32;
+  nvidia.shaderFloat64 = true;
   nvidia.shaderInt8 = true;
   nvidia.shaderFloat16 = true;
   nvidia.storageBuffer8BitAccess = true;
@@ -88,6 +89,7 @@ std::vector<DeviceProfile> makeProfiles() {
   lavapipe.description = "Mesa lavapipe (CPU), the test device";
   lavapipe.minApiVersion = makeApiVersion(1, 3);
   lavapipe.minSubgroupSize = 4;
+  lavapipe.shaderFloat64 = true;
   lavapipe.shaderInt8 = true;
   lavapipe.shaderFloat16 = true;
   lavapipe.storageBuffer8BitAccess = true;
@@ -143,6 +145,8 @@ std::vector<std::string> missingCapabilities(const DeviceInfo &device,
     missing.push_back("subgroup size " + std::to_string(device.subgroupSize) +
                       " < " + std::to_string(profile.minSubgroupSize) +
                       " required");
+  if (profile.shaderFloat64 && !device.shaderFloat64)
+    missing.push_back("no shaderFloat64");
   if (profile.shaderInt8 && !device.shaderInt8)
     missing.push_back("no shaderInt8");
   if (profile.shaderFloat16 && !device.shaderFloat16)

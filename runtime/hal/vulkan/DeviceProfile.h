@@ -23,6 +23,8 @@ struct DeviceProfile {
   uint32_t minApiVersion = makeApiVersion(1, 1);
   /// The device's default subgroup size must be at least this.
   uint32_t minSubgroupSize = 1;
+  /// f64 arithmetic: kernels keep the CPU targets' f64 accumulations.
+  bool shaderFloat64 = false;
   bool shaderInt8 = false;
   bool shaderFloat16 = false;
   bool storageBuffer8BitAccess = false;

@@ -457,12 +457,11 @@ VulkanContext::VulkanContext(uint32_t deviceIndex,
           "Vulkan device " + std::to_string(deviceIndex) + " (" +
           dev->info.name + "): its compute queue (family " +
           std::to_string(dev->queueFamily) + ") has no timestamps (" +
-          (ts.validBits == 0 ? "timestampValidBits 0, "
-                               "timestampComputeAndGraphics " +
-                                   std::string(ts.computeAndGraphics
-                                                   ? "true"
-                                                   : "false")
-                             : "timestampPeriod 0") +
+          (ts.validBits == 0
+               ? "timestampValidBits 0, "
+                 "timestampComputeAndGraphics " +
+                     std::string(ts.computeAndGraphics ? "true" : "false")
+               : "timestampPeriod 0") +
           ")";
   }
 
@@ -485,6 +484,7 @@ VulkanContext::VulkanContext(uint32_t deviceIndex,
     if (wanted && !offered)
       lacking += std::string(lacking.empty() ? "" : ", ") + name;
   };
+  need(features.shaderFloat64, info.shaderFloat64, "shaderFloat64");
   need(features.shaderInt8, info.shaderInt8, "shaderInt8");
   need(features.shaderFloat16, info.shaderFloat16, "shaderFloat16");
   need(features.storageBuffer8BitAccess, info.storageBuffer8BitAccess,
@@ -537,6 +537,9 @@ VulkanContext::VulkanContext(uint32_t deviceIndex,
     if (version < VK_API_VERSION_1_3)
       extensions.push_back(VK_KHR_SHADER_INTEGER_DOT_PRODUCT_EXTENSION_NAME);
   }
+  VkPhysicalDeviceFeatures core{};
+  core.shaderFloat64 = features.shaderFloat64;
+  deviceInfo.pEnabledFeatures = &core;
   deviceInfo.pNext = chain;
   deviceInfo.enabledExtensionCount = uint32_t(extensions.size());
   deviceInfo.ppEnabledExtensionNames = extensions.data();

@@ -172,6 +172,7 @@ private:
 /// profile's kernels use (int8 / fp16 arithmetic, 8/16-bit storage, integer
 /// dot product). The device must offer each one asked for.
 struct DeviceFeatures {
+  bool shaderFloat64 = false;
   bool shaderInt8 = false;
   bool shaderFloat16 = false;
   bool storageBuffer8BitAccess = false;

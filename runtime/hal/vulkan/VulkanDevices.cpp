@@ -342,6 +342,7 @@ DeviceInfo VulkanInstance::Impl::describe(VkPhysicalDevice device,
   d.storageBuffer8BitAccess = storage8.storageBuffer8BitAccess;
   d.shaderFloat16 = float16Int8.shaderFloat16;
   d.shaderInt8 = float16Int8.shaderInt8;
+  d.shaderFloat64 = features2.features.shaderFloat64;
   d.integerDotProduct = dot.shaderIntegerDotProduct;
 
   VkPhysicalDeviceMemoryProperties memory{};

@@ -44,6 +44,7 @@ struct DeviceInfo {
   std::string driverName, driverInfo;
 
   uint32_t subgroupSize = 0; ///< VkPhysicalDeviceSubgroupProperties
+  bool shaderFloat64 = false;
   bool shaderInt8 = false;
   bool shaderFloat16 = false;
   bool storageBuffer8BitAccess = false;

@@ -235,6 +235,7 @@ void VulkanExecutor::checkTarget() {
   }
   // The kernels may use whatever their profile promises: enable it.
   DeviceFeatures features;
+  features.shaderFloat64 = profile_->shaderFloat64;
   features.shaderInt8 = profile_->shaderInt8;
   features.shaderFloat16 = profile_->shaderFloat16;
   features.storageBuffer8BitAccess = profile_->storageBuffer8BitAccess;
@@ -662,8 +663,8 @@ std::string VulkanExecutor::profilingProblem() const {
 EntryProfile VulkanExecutor::runProfiled(ExecutorEntry &entry) {
   const std::string where = artifact_.path() + ": entry point " + entry.name_;
   if (!ctx_->timestamps().supported)
-    throw VulkanError(where + ": cannot time dispatches: " +
-                      ctx_->timestamps().problem);
+    throw VulkanError(
+        where + ": cannot time dispatches: " + ctx_->timestamps().problem);
   std::vector<double> t;
   try {
     if (!entry.profiled_)

@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 
@@ -241,6 +242,29 @@ TEST_F(CrossEntropyKernelsTest, LargerShapes) {
   check({150, 1100, 136, 64, false, true}, device());
   check({150, 1100, 136, 64, true, true}, device());
   check({150, 1100, 136, 150, true, false}, generic());
+}
+
+/// Sets an environment variable for one scope.
+class ScopedEnv {
+public:
+  ScopedEnv(const char *name, const char *value) : name(name) {
+    setenv(name, value, 1);
+  }
+  ~ScopedEnv() { unsetenv(name); }
+
+private:
+  const char *name;
+};
+
+// Both products with K split over thread groups (their partial tiles added
+// in shared memory at the end), partial tiles in every dimension.
+TEST_F(CrossEntropyKernelsTest, SplitK) {
+  ScopedEnv logits("BITLOOM_VULKAN_CE_LOGITS_TILE", "32,64,8,16,4");
+  ScopedEnv xgrad("BITLOOM_VULKAN_CE_XGRAD_TILE", "16,32,8,16,8");
+  for (auto target : {device(), generic()}) {
+    check({70, 1100, 136, 32, false, true}, target);
+    check({70, 1100, 136, 32, true, true}, target);
+  }
 }
 
 TEST_F(CrossEntropyKernelsTest, RejectsOddBf16Rows) {

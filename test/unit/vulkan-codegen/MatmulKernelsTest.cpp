@@ -155,12 +155,12 @@ TEST_F(MatmulKernelsTest, TernaryForwardExactWithDotProduct) {
   if (!t.integerDotProduct)
     GTEST_SKIP() << "the device has no integer dot product";
   for (TernaryCase c : kTernaryCases)
-    checkTernary(*harness, rng, c, t);
+    checkTernary(*harness, rng, c, t, "", "_dot");
 }
 
 TEST_F(MatmulKernelsTest, TernaryForwardExactWithoutDotProduct) {
   for (TernaryCase c : kTernaryCases)
-    checkTernary(*harness, rng, c, device(false));
+    checkTernary(*harness, rng, c, device(false), "", "_imul");
 }
 
 TEST_F(MatmulKernelsTest, TernaryForwardExactGenericProfile) {

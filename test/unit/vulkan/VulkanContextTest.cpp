@@ -238,6 +238,40 @@ TEST_F(VulkanContextTest, MisuseThrows) {
   ctx->submitAndWait(seq);
 }
 
+TEST_F(VulkanContextTest, TimestampsBracketDispatches) {
+  const TimestampSupport &ts = ctx->timestamps();
+  if (!ts.supported) {
+    EXPECT_FALSE(ts.problem.empty());
+    EXPECT_THROW(ctx->record(2), VulkanError);
+    GTEST_SKIP() << ts.problem;
+  }
+  const uint32_t n = 4096;
+  Pipeline saxpy =
+      ctx->createPipeline(loadShader("saxpy"), 2, sizeof(SaxpyPush));
+  Buffer xs = ctx->allocate(n * 4), ys = ctx->allocate(n * 4);
+  const SaxpyPush push{0.5f, n};
+  CommandSequence seq = ctx->record(3);
+  seq.timestamp();
+  seq.dispatch(saxpy, {xs, ys}, &push, sizeof push, groupsFor(n));
+  seq.timestamp();
+  seq.dispatch(saxpy, {xs, ys}, &push, sizeof push, groupsFor(n));
+  seq.timestamp();
+  EXPECT_THROW(seq.timestamp(), VulkanError); // room for 3
+  EXPECT_EQ(seq.numTimestamps(), 3u);
+  for (int replay = 0; replay < 2; ++replay) { // queries reset every replay
+    ctx->submitAndWait(seq);
+    std::vector<double> t = seq.timestampsNs();
+    ASSERT_EQ(t.size(), 3u);
+    EXPECT_EQ(t[0], 0.0);
+    EXPECT_GE(t[1], t[0]);
+    EXPECT_GE(t[2], t[1]);
+  }
+  // A plain sequence has no queries to write into.
+  CommandSequence plain = ctx->record();
+  EXPECT_THROW(plain.timestamp(), VulkanError);
+  EXPECT_TRUE(plain.timestampsNs().empty());
+}
+
 TEST_F(VulkanContextTest, ObjectsMayOutliveTheirContext) {
   Pipeline saxpy =
       ctx->createPipeline(loadShader("saxpy"), 2, sizeof(SaxpyPush));

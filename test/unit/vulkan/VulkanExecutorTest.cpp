@@ -152,6 +152,62 @@ TEST_F(VulkanExecutorTest, RunsDispatchesOverRangesAndReplays) {
   EXPECT_THROW(ex.stateBuffer("w", 8), VulkanError);
 }
 
+TEST_F(VulkanExecutorTest, ProfilesEveryDispatchWithoutChangingTheStep) {
+  VulkanTestArtifact spec;
+  auto artifact = make(spec);
+  VulkanExecutor ex(*artifact, options());
+  const TimestampSupport &ts = ex.context().timestamps();
+  if (!ts.supported) {
+    // The reason names the device and the queue family.
+    EXPECT_NE(ex.profilingProblem().find("has no timestamps"),
+              std::string::npos);
+    GTEST_SKIP() << ex.profilingProblem();
+  }
+  EXPECT_TRUE(ex.profilingProblem().empty());
+  EXPECT_GT(ts.validBits, 0u);
+  EXPECT_GT(ts.periodNs, 0.0);
+
+  const uint32_t n = VulkanTestArtifact::N;
+  const size_t pad = VulkanTestArtifact::kPad;
+  ExecutorEntry &step = prepareStep(ex);
+  ASSERT_EQ(step.dispatches().size(), 3u);
+  EXPECT_EQ(step.dispatches()[0].op, "test.add");
+  EXPECT_EQ(step.dispatches()[0].kernel, "add");
+  EXPECT_EQ(step.dispatches()[2].kernel, "main");
+  EXPECT_EQ(step.dispatches()[1].groups[0], (n + 63) / 64);
+  EXPECT_EQ(step.dispatches()[1].groups[1], 1u);
+
+  std::vector<float> w = spec.initialW;
+  ex.upload({HostCopy{*ex.findState("w"), w.data()}});
+  std::vector<float> x = testValues(pad + n, 31);
+  std::memcpy(step.input(0), x.data(), x.size() * 4);
+  // Profiled and plain replays interleaved: both do the whole step.
+  for (int replay = 0; replay < 4; ++replay) {
+    SCOPED_TRACE("replay " + std::to_string(replay));
+    if (replay % 2 == 0) {
+      EntryProfile p = ex.runProfiled(step);
+      ASSERT_EQ(p.dispatchNs.size(), 3u);
+      for (double ns : p.dispatchNs) {
+        EXPECT_GE(ns, 0.0);
+        EXPECT_LT(ns, 60e9); // not a wrapped-around counter
+      }
+      EXPECT_GE(p.uploadNs, 0.0);
+      EXPECT_GE(p.downloadNs, 0.0);
+      EXPECT_DOUBLE_EQ(p.dispatchTotalNs(),
+                       p.dispatchNs[0] + p.dispatchNs[1] + p.dispatchNs[2]);
+    } else {
+      ex.run(step);
+    }
+    w = spec.stepW(w, x);
+    const float *y = static_cast<const float *>(step.output(0));
+    EXPECT_EQ(y[pad], spec.sum(x, 0));
+    EXPECT_EQ(y[pad + n - 1], spec.sum(x, n - 1));
+  }
+  std::vector<float> got(n);
+  ex.download({HostCopy{*ex.findState("w"), got.data()}});
+  EXPECT_EQ(got, w);
+}
+
 TEST_F(VulkanExecutorTest, PipelineCacheIsWrittenAndReused) {
   VulkanTestArtifact spec;
   auto artifact = make(spec);

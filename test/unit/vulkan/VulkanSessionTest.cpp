@@ -7,6 +7,7 @@
 //===----------------------------------------------------------------------===//
 #include "VulkanTestArtifact.h"
 
+#include "KernelProfile.h"
 #include "Session.h"
 #include "formats/Error.h"
 #include "hal/vulkan/VulkanDevices.h"
@@ -135,4 +136,85 @@ TEST_F(VulkanSessionTest, DeviceOptionIsForVulkanArtifactsOnly) {
 
   options.device = 1000;
   EXPECT_THROW(run::Session(path, options), vulkan::VulkanError);
+}
+
+TEST_F(VulkanSessionTest, ProfiledCallsSumByOpToTheWholeStep) {
+  const size_t n = VulkanTestArtifact::N, pad = VulkanTestArtifact::kPad;
+  run::Session s(path, options);
+  if (!s.profilingProblem().empty())
+    GTEST_SKIP() << s.profilingProblem();
+  run::Entry &step = s.entry("step");
+  s.initFresh(0);
+  std::vector<float> x = testValues(pad + n, 5);
+  run::HostBuffer &xs = step.requireInput("x");
+  std::memcpy(xs.data(), x.data(), xs.bytes());
+
+  std::vector<run::StepProfile> calls;
+  for (int i = 0; i < 3; ++i) {
+    calls.push_back(s.runProfiled(step));
+    // The call did its work: y came back.
+    EXPECT_EQ(step.result("y")->f32()[pad], spec.sum(x, 0));
+  }
+  ASSERT_EQ(calls[0].dispatches.size(), 3u);
+  EXPECT_EQ(calls[0].dispatches[2].op, "test.saxpy");
+  EXPECT_EQ(calls[0].dispatches[2].kernel, "main");
+  EXPECT_EQ(calls[0].dispatches[2].groups[0], (n + 63) / 64);
+  for (const run::StepProfile &c : calls)
+    for (const run::DispatchTime &d : c.dispatches)
+      EXPECT_GE(d.ns, 0.0);
+
+  run::KernelProfile kp = run::summarizeProfiles(calls);
+  EXPECT_EQ(kp.steps, 3u);
+  ASSERT_EQ(kp.dispatches.size(), 3u);
+  ASSERT_EQ(kp.ops.size(), 3u); // test.add, test.copy, test.saxpy
+  ASSERT_EQ(kp.byTime.size(), 3u);
+  double opShares = 0, dispatchShares = 0;
+  for (const run::KernelProfile::Op &op : kp.ops)
+    opShares += kp.share(op.ns);
+  for (const run::DispatchTime &d : kp.dispatches)
+    dispatchShares += kp.share(d.ns);
+  if (kp.totalNs > 0) { // a coarse clock might see nothing at all
+    EXPECT_NEAR(opShares, 1.0, 1e-9);
+    EXPECT_NEAR(dispatchShares, 1.0, 1e-9);
+  }
+  for (size_t i = 1; i < kp.ops.size(); ++i)
+    EXPECT_GE(kp.ops[i - 1].ns, kp.ops[i].ns);
+  for (size_t i = 1; i < kp.byTime.size(); ++i)
+    EXPECT_GE(kp.dispatches[kp.byTime[i - 1]].ns,
+              kp.dispatches[kp.byTime[i]].ns);
+  EXPECT_EQ(s.memoryUse().total(), s.plannedBytes());
+  EXPECT_TRUE(s.memoryUse().device);
+}
+
+TEST(VulkanKernelProfile, MeansSumByOpKind) {
+  auto call = [](double a, double b, double c) {
+    run::StepProfile p;
+    p.dispatches.resize(3);
+    p.dispatches[0].op = "bitloom_uk_matmul model.layers.0.q";
+    p.dispatches[1].op = "loss_kernel";
+    p.dispatches[2].op = "bitloom_uk_matmul model.layers.1.q";
+    p.dispatches[0].ns = a;
+    p.dispatches[1].ns = b;
+    p.dispatches[2].ns = c;
+    p.uploadNs = 10;
+    return p;
+  };
+  run::KernelProfile kp =
+      run::summarizeProfiles({call(100, 500, 300), call(300, 700, 100)});
+  EXPECT_DOUBLE_EQ(kp.totalNs, 1000.0); // means 200 + 600 + 200
+  EXPECT_DOUBLE_EQ(kp.uploadNs, 10.0);
+  ASSERT_EQ(kp.ops.size(), 2u);
+  EXPECT_EQ(kp.ops[0].name, "loss_kernel");
+  EXPECT_DOUBLE_EQ(kp.share(kp.ops[0].ns), 0.6);
+  EXPECT_EQ(kp.ops[1].name, "bitloom_uk_matmul"); // both layers together
+  EXPECT_EQ(kp.ops[1].dispatches, 2u);
+  EXPECT_DOUBLE_EQ(kp.share(kp.ops[1].ns), 0.4);
+  EXPECT_EQ(kp.byTime, (std::vector<size_t>{1, 0, 2})); // ties: in order
+  EXPECT_DOUBLE_EQ(kp.rest(1).ns, 400.0);
+  EXPECT_EQ(kp.rest(1).dispatches, 2u);
+
+  run::StepProfile shorter = call(1, 2, 3);
+  shorter.dispatches.pop_back();
+  EXPECT_THROW(run::summarizeProfiles({call(1, 2, 3), shorter}), FormatError);
+  EXPECT_EQ(run::summarizeProfiles({}).totalNs, 0.0);
 }
