@@ -126,7 +126,8 @@ OwningOpRef<ModuleOp> lowerEntries(ModuleOp source,
                                    const std::vector<std::string> &bf16Weights,
                                    bool toLLVM,
                                    std::vector<FunctionSignature> &signatures,
-                                   bool ukernelMemrefs = false) {
+                                   bool ukernelMemrefs = false,
+                                   int64_t logitsBlockBytes = 0) {
   MLIRContext *context = source.getContext();
   DialectRegistry registry;
   registerCpuLoweringDependencies(registry);
@@ -148,7 +149,10 @@ OwningOpRef<ModuleOp> lowerEntries(ModuleOp source,
     lowering.ukernelMemrefs = ukernelMemrefs;
     for (std::string &name : frozenAmong(*module, bf16Weights))
       lowering.bf16Params.push_back(std::move(name));
-    pm.addPass(createLoomFuseLinearCrossEntropy());
+    LoomFuseLinearCrossEntropyOptions fuse;
+    if (logitsBlockBytes > 0)
+      fuse.blockBytes = logitsBlockBytes;
+    pm.addPass(createLoomFuseLinearCrossEntropy(fuse));
     pm.addPass(createLoomLowerToLinalg(lowering));
     if (failed(pm.run(*module)))
       throw FormatError("", "compile", "lowering to linalg failed");
@@ -203,9 +207,10 @@ OwningOpRef<ModuleOp> lowerEntries(ModuleOp source,
 OwningOpRef<ModuleOp>
 planModule(ModuleOp source, const std::vector<std::string> &entries,
            const std::vector<std::string> &bf16Weights, bool ukernelMemrefs,
-           std::vector<FunctionSignature> &signatures) {
+           std::vector<FunctionSignature> &signatures,
+           int64_t logitsBlockBytes) {
   return lowerEntries(source, entries, bf16Weights, /*toLLVM=*/false,
-                      signatures, ukernelMemrefs);
+                      signatures, ukernelMemrefs, logitsBlockBytes);
 }
 
 std::vector<FunctionSignature>

@@ -93,11 +93,13 @@ planForCpu(mlir::ModuleOp module, const std::vector<std::string> &entries,
 /// The module planForCpu plans, kept: `entries` of `module` through
 /// -loom-plan-arena, their signatures in `signatures`. GPU targets start
 /// from it with `ukernelMemrefs` (micro-kernel calls on memrefs, which they
-/// replace by their own kernels).
+/// replace by their own kernels). `logitsBlockBytes` (0: the pass's
+/// default) bounds the fused LM head's block of logits.
 mlir::OwningOpRef<mlir::ModuleOp>
 planModule(mlir::ModuleOp module, const std::vector<std::string> &entries,
            const std::vector<std::string> &bf16Weights, bool ukernelMemrefs,
-           std::vector<FunctionSignature> &signatures);
+           std::vector<FunctionSignature> &signatures,
+           int64_t logitsBlockBytes = 0);
 
 } // namespace bitloom::codegen::cpu
 

@@ -55,6 +55,10 @@ KernelTarget kernelTargetForProfile(const std::string &name) {
   t.float64 = p.shaderFloat64;
   if (p.minStorageBufferRange)
     t.maxStorageBufferRange = p.minStorageBufferRange;
+  // Data-centre and desktop GPUs: the head's product over 512 rows at once
+  // (128256 x 512 f32 logits are 250 MiB) instead of 32-row slivers.
+  if (name == "nvidia")
+    t.logitsBlockBytes = int64_t(256) << 20;
   return t;
 }
 
@@ -142,6 +146,192 @@ void wrapInParallel(Operation *op) {
   auto parallel = scf::ParallelOp::create(b, loc, ValueRange{zero},
                                           ValueRange{one}, ValueRange{one});
   op->moveBefore(parallel.getBody()->getTerminator());
+}
+
+/// The combiner of a reduction body `out = combine(out, f(inputs))` when it
+/// has that form (the output's block argument used once, by an associative
+/// and commutative arith op that the body yields), else null.
+Operation *reductionCombiner(linalg::GenericOp op) {
+  if (op.getNumDpsInits() != 1 || op.getNumReductionLoops() == 0 ||
+      !op.hasPureBufferSemantics())
+    return nullptr;
+  Block &body = op.getRegion().front();
+  BlockArgument out = body.getArguments().back();
+  auto yield = cast<linalg::YieldOp>(body.getTerminator());
+  if (yield.getNumOperands() != 1 || !out.hasOneUse())
+    return nullptr;
+  Operation *combine = yield.getOperand(0).getDefiningOp();
+  if (!combine || *out.getUsers().begin() != combine ||
+      !isa<arith::AddFOp, arith::AddIOp, arith::MaximumFOp,
+           arith::MinimumFOp, arith::MaxNumFOp, arith::MinNumFOp>(combine))
+    return nullptr;
+  return combine;
+}
+
+/// A reduction with enough work per output becomes one workgroup per output
+/// element (parallel dimensions linearized over the grid) whose threads
+/// stride over the reduction dimensions, each combining its share, then one
+/// thread combining the partial results in thread order into the output:
+/// coalesced loads and the whole GPU busy, where one thread per output
+/// element would walk a whole row (or a whole tensor, for a global norm)
+/// alone. Returns false (and changes nothing) when `op` is not such a
+/// reduction.
+bool lowerReductionToLaunch(linalg::GenericOp op, int64_t maxThreads) {
+  Operation *combine = reductionCombiner(op);
+  if (!combine)
+    return false;
+  SmallVector<int64_t> ranges = op.getStaticLoopRanges();
+  SmallVector<utils::IteratorType> iterators = op.getIteratorTypesArray();
+  SmallVector<unsigned> parallelDims, reductionDims;
+  int64_t numOutputs = 1, reductionSize = 1;
+  for (auto [d, kind] : llvm::enumerate(iterators)) {
+    if (ShapedType::isDynamic(ranges[d]))
+      return false;
+    if (kind == utils::IteratorType::parallel) {
+      parallelDims.push_back(d);
+      numOutputs *= ranges[d];
+    } else {
+      reductionDims.push_back(d);
+      reductionSize *= ranges[d];
+    }
+  }
+  // Short reductions keep one thread per output element.
+  if (reductionSize < 64 || numOutputs > 65535 || numOutputs < 1)
+    return false;
+  int64_t threads = 32;
+  while (threads * 2 <= std::min<int64_t>(maxThreads, 256) &&
+         threads * 2 <= reductionSize)
+    threads *= 2;
+
+  MLIRContext *ctx = op.getContext();
+  Location loc = op.getLoc();
+  OpBuilder b(op);
+  auto index = [&](int64_t v) -> Value {
+    return arith::ConstantIndexOp::create(b, loc, v);
+  };
+  Value one = index(1);
+  auto launch = gpu::LaunchOp::create(b, loc, index(numOutputs), one, one,
+                                      index(threads), one, one);
+  Block &kernel = launch.getBody().front();
+  b.setInsertionPointToStart(&kernel);
+  gpu::TerminatorOp::create(b, loc);
+  b.setInsertionPointToStart(&kernel);
+  Value block = launch.getBlockIds().x, thread = launch.getThreadIds().x;
+
+  // Loop indices: the parallel ones from the workgroup, the reduction ones
+  // from the strided position `r`.
+  SmallVector<Value> dims(ranges.size());
+  auto delinearize = [&](Value linear, ArrayRef<unsigned> which) {
+    for (unsigned d : llvm::reverse(which)) {
+      Value extent = index(ranges[d]);
+      dims[d] = arith::RemUIOp::create(b, loc, linear, extent);
+      linear = arith::DivUIOp::create(b, loc, linear, extent);
+    }
+  };
+  delinearize(block, parallelDims);
+
+  Block &body = op.getRegion().front();
+  BlockArgument outArg = body.getArguments().back();
+  Type elem = outArg.getType();
+  Value contribution = combine->getOperand(0) == outArg
+                           ? combine->getOperand(1)
+                           : combine->getOperand(0);
+  auto loadOperand = [&](OpOperand &operand) -> Value {
+    Value v = operand.get();
+    auto type = dyn_cast<MemRefType>(v.getType());
+    if (!type)
+      return v;
+    AffineMap map = op.getMatchingIndexingMap(&operand);
+    SmallVector<Value> indices;
+    for (unsigned k = 0; k < map.getNumResults(); ++k)
+      indices.push_back(affine::AffineApplyOp::create(
+          b, loc, map.getSubMap({k}), dims));
+    return memref::LoadOp::create(b, loc, v, indices);
+  };
+
+  Value zero = arith::ConstantOp::create(b, loc, b.getZeroAttr(elem));
+  Value no = arith::ConstantIntOp::create(b, loc, b.getI1Type(), 0);
+  auto loop = scf::ForOp::create(
+      b, loc, thread, index(reductionSize), index(threads),
+      ValueRange{zero, no},
+      [&](OpBuilder &nested, Location, Value r, ValueRange carried) {
+        OpBuilder::InsertionGuard guard(b);
+        b.setInsertionPointToStart(nested.getInsertionBlock());
+        delinearize(r, reductionDims);
+        IRMapping map;
+        for (OpOperand *input : op.getDpsInputOperands())
+          map.map(body.getArgument(input->getOperandNumber()),
+                  loadOperand(*input));
+        for (Operation &bodyOp : body.without_terminator()) {
+          if (&bodyOp == combine)
+            continue;
+          if (auto idx = dyn_cast<linalg::IndexOp>(bodyOp)) {
+            map.map(idx.getResult(), dims[idx.getDim()]);
+            continue;
+          }
+          b.clone(bodyOp, map);
+        }
+        Value value = map.lookupOrDefault(contribution);
+        IRMapping combineMap;
+        combineMap.map(outArg, carried[0]);
+        combineMap.map(contribution, value);
+        Value combined = b.clone(*combine, combineMap)->getResult(0);
+        Value next = arith::SelectOp::create(b, loc, carried[1], combined,
+                                             value);
+        Value yes = arith::ConstantIntOp::create(b, loc, b.getI1Type(), 1);
+        scf::YieldOp::create(b, loc, ValueRange{next, yes});
+      });
+
+  auto workgroup = spirv::StorageClassAttr::get(ctx, spirv::StorageClass::Workgroup);
+  auto partials = memref::AllocOp::create(
+      b, loc, MemRefType::get({threads}, elem, AffineMap(), workgroup));
+  auto valid = memref::AllocOp::create(
+      b, loc, MemRefType::get({threads}, b.getI32Type(), AffineMap(),
+                              workgroup));
+  memref::StoreOp::create(b, loc, loop.getResult(0), partials,
+                          ValueRange{thread});
+  memref::StoreOp::create(
+      b, loc, arith::ExtUIOp::create(b, loc, b.getI32Type(), loop.getResult(1)),
+      valid, ValueRange{thread});
+  gpu::BarrierOp::create(b, loc);
+  Value first = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq,
+                                      thread, index(0));
+  auto onlyFirst = scf::IfOp::create(b, loc, first, /*withElseRegion=*/false);
+  b.setInsertionPointToStart(&onlyFirst.getThenRegion().front());
+  // The output's element: reduction dimensions do not appear in its map.
+  for (unsigned d : reductionDims)
+    dims[d] = index(0);
+  OpOperand &outOperand = *op.getDpsInitOperand(0);
+  AffineMap outMap = op.getMatchingIndexingMap(&outOperand);
+  SmallVector<Value> outIndices;
+  for (unsigned k = 0; k < outMap.getNumResults(); ++k)
+    outIndices.push_back(
+        affine::AffineApplyOp::create(b, loc, outMap.getSubMap({k}), dims));
+  Value initial =
+      memref::LoadOp::create(b, loc, outOperand.get(), outIndices);
+  auto fold = scf::ForOp::create(
+      b, loc, index(0), index(threads), one, ValueRange{initial},
+      [&](OpBuilder &nested, Location, Value i, ValueRange carried) {
+        OpBuilder::InsertionGuard guard(b);
+        b.setInsertionPointToStart(nested.getInsertionBlock());
+        Value partial = memref::LoadOp::create(b, loc, partials, ValueRange{i});
+        Value has = arith::CmpIOp::create(
+            b, loc, arith::CmpIPredicate::ne,
+            memref::LoadOp::create(b, loc, valid, ValueRange{i}),
+            arith::ConstantIntOp::create(b, loc, b.getI32Type(), 0));
+        IRMapping combineMap;
+        combineMap.map(outArg, carried[0]);
+        combineMap.map(contribution, partial);
+        Value combined = b.clone(*combine, combineMap)->getResult(0);
+        scf::YieldOp::create(
+            b, loc,
+            ValueRange{arith::SelectOp::create(b, loc, has, combined,
+                                               carried[0])});
+      });
+  memref::StoreOp::create(b, loc, fold.getResult(0), outOperand.get(),
+                          outIndices);
+  op.erase();
+  return true;
 }
 
 /// Demotes f64 arithmetic in a kernel to f32: mobile GPUs have no f64, and
@@ -370,6 +560,10 @@ public:
       }
       if (auto linalgOp = dyn_cast<linalg::LinalgOp>(op)) {
         sinkScalarChains(&op);
+        if (auto generic = dyn_cast<linalg::GenericOp>(op);
+            generic &&
+            lowerReductionToLaunch(generic, target.maxWorkgroupInvocations))
+          continue;
         if (linalgOp.getNumParallelLoops() == 0)
           wrapInParallel(&op);
       }
@@ -517,8 +711,9 @@ CompiledVulkanModule compileForVulkan(ModuleOp source,
                                       const std::vector<std::string> &entries,
                                       const std::vector<std::string> &bf16) {
   CompiledVulkanModule compiled;
-  OwningOpRef<ModuleOp> module = cpu::planModule(
-      source, entries, bf16, /*ukernelMemrefs=*/true, compiled.functions);
+  OwningOpRef<ModuleOp> module =
+      cpu::planModule(source, entries, bf16, /*ukernelMemrefs=*/true,
+                      compiled.functions, target.logitsBlockBytes);
   MLIRContext *context = module->getContext();
   (*module)->setAttr(gpu::GPUDialect::getContainerModuleAttrName(),
                      UnitAttr::get(context));

@@ -38,6 +38,9 @@ struct KernelTarget {
   bool storage16Bit = false;         // 16-bit storage buffer access
   bool integerDotProduct = false;    // SPV_KHR_integer_dot_product
   bool float64 = true;               // shaderFloat64
+  /// Most bytes of the fused LM head's block of logits: GPUs with memory to
+  /// spare take bigger (fewer, better-filled) products.
+  int64_t logitsBlockBytes = int64_t(16) << 20;
   /// The largest range one storage buffer binding may cover.
   uint64_t maxStorageBufferRange = uint64_t(128) << 20;
 };
