@@ -663,8 +663,11 @@ int runCompile(CompileArgs &args) {
              isVulkanTarget(args.target);
   if (isVulkanTarget(args.target))
     codegen::vulkan::kernelTargetForProfile(vulkanProfile(args.target));
-  else
-    requireExecutableTarget(args.target);
+  else if (args.target != "reference" && !cpu)
+    throw FormatError("", "--target",
+                      "'" + args.target +
+                          "' is not available yet (reference, cpu-x86_64, "
+                          "cpu-arm64, vulkan, vulkan-<profile>)");
   if (!cpu && (args.planOnly || !args.memoryBudget.empty() ||
                args.recomputeLayers != -2))
     throw FormatError("",

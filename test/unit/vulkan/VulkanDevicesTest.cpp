@@ -27,7 +27,7 @@ DeviceInfo nvidiaLike() {
   d.type = DeviceType::DiscreteGpu;
   d.apiVersion = makeApiVersion(1, 3, 260);
   d.subgroupSize = 32;
-  d.shaderInt8 = d.shaderFloat16 = true;
+  d.shaderFloat64 = d.shaderInt8 = d.shaderFloat16 = true;
   d.storageBuffer8BitAccess = d.storageBuffer16BitAccess = true;
   d.integerDotProductExtension = d.integerDotProduct = true;
   d.maxComputeSharedMemorySize = 48 * 1024;
