@@ -61,16 +61,15 @@ Attribute spirvTargetEnv(MLIRContext *context, const KernelTarget &target) {
   SmallVector<Extension> exts = {Extension::SPV_KHR_storage_buffer_storage_class};
   if (target.float64)
     caps.push_back(Capability::Float64);
-  if (target.int8Arithmetic)
+  // i8 buffers are loaded as i8 only where i8 arithmetic exists too;
+  // otherwise (and for i16, whose arithmetic no profile promises) MLIR
+  // emulates them with 32-bit words.
+  if (target.int8Arithmetic) {
     caps.push_back(Capability::Int8);
-  if (target.storage8Bit) {
-    caps.push_back(Capability::StorageBuffer8BitAccess);
-    exts.push_back(Extension::SPV_KHR_8bit_storage);
-  }
-  if (target.storage16Bit) {
-    caps.push_back(Capability::Int16);
-    caps.push_back(Capability::StorageBuffer16BitAccess);
-    exts.push_back(Extension::SPV_KHR_16bit_storage);
+    if (target.storage8Bit) {
+      caps.push_back(Capability::StorageBuffer8BitAccess);
+      exts.push_back(Extension::SPV_KHR_8bit_storage);
+    }
   }
   if (target.integerDotProduct) {
     caps.push_back(Capability::DotProduct);

@@ -31,9 +31,9 @@ struct SpirvKernel {
 };
 
 /// The target environment attribute (#spirv.target_env) for `target`: Vulkan
-/// 1.1 (1.3 where `vulkan13`), Shader plus the capabilities and extensions
-/// the target has (Int8, Int16, Float64, StorageBuffer8/16BitAccess,
-/// GroupNonUniform*, DotProduct*).
+/// 1.1 (SPIR-V 1.3; Vulkan 1.3 and SPIR-V 1.6 with integer dot products),
+/// Shader plus the capabilities and extensions the target has (Int8 with
+/// StorageBuffer8BitAccess, Float64, GroupNonUniform*, DotProduct*).
 mlir::Attribute spirvTargetEnv(mlir::MLIRContext *context,
                                const KernelTarget &target);
 
