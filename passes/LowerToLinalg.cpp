@@ -960,9 +960,8 @@ Value Lowering::bitlinearGradInput(BitLinearGradInputOp op) {
   if (isPacked(op.getWeight())) {
     // The transposed product on packed weights: dx = multiplier · Σ dy·t.
     Value w = op.getWeight();
-    Value multiplier = uk->memrefs
-                           ? pointerTo(uk->multiplierOf.lookup(w))
-                           : extractScalar(uk->multiplierOf.lookup(w));
+    Value multiplier = uk->memrefs ? pointerTo(uk->multiplierOf.lookup(w))
+                                   : extractScalar(uk->multiplierOf.lookup(w));
     int64_t n = shapeOf(dy)[0], o = shapeOf(dy)[1],
             i = cast<RankedTensorType>(op.getType()).getShape().back();
     Value out;
@@ -1158,10 +1157,9 @@ SmallVector<Value> Lowering::linearCrossEntropy(LinearCrossEntropyOp op) {
                           : "bitloom_uk_linear_cross_entropy";
   if (uk->memrefs && !training)
     name += "_loss";
-  callUkernel(name,
-              {pointerTo(x), pointerTo(w), pointerTo(labels), pointerTo(mask),
-               lossGradPtr, lossPtr, gradPtr, blockPtr, i64(n), i64(v), i64(k),
-               i64(blockRows)});
+  callUkernel(name, {pointerTo(x), pointerTo(w), pointerTo(labels),
+                     pointerTo(mask), lossGradPtr, lossPtr, gradPtr, blockPtr,
+                     i64(n), i64(v), i64(k), i64(blockRows)});
   SmallVector<Value> results = {finish(lossBuffer)};
   if (training)
     results.push_back(unrows(finish(gradBuffer), op.getInputGrad().getType()));

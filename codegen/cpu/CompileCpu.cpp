@@ -121,13 +121,11 @@ void checkMemoryPlan(const FunctionSignature &sig) {
 
 /// The entry points of `source` lowered through -loom-plan-arena (and, with
 /// `toLLVM`, on to the LLVM dialect), with their signatures and plans.
-OwningOpRef<ModuleOp> lowerEntries(ModuleOp source,
-                                   const std::vector<std::string> &entries,
-                                   const std::vector<std::string> &bf16Weights,
-                                   bool toLLVM,
-                                   std::vector<FunctionSignature> &signatures,
-                                   bool ukernelMemrefs = false,
-                                   int64_t logitsBlockBytes = 0) {
+OwningOpRef<ModuleOp>
+lowerEntries(ModuleOp source, const std::vector<std::string> &entries,
+             const std::vector<std::string> &bf16Weights, bool toLLVM,
+             std::vector<FunctionSignature> &signatures,
+             bool ukernelMemrefs = false, int64_t logitsBlockBytes = 0) {
   MLIRContext *context = source.getContext();
   DialectRegistry registry;
   registerCpuLoweringDependencies(registry);
@@ -204,11 +202,12 @@ OwningOpRef<ModuleOp> lowerEntries(ModuleOp source,
 
 } // namespace
 
-OwningOpRef<ModuleOp>
-planModule(ModuleOp source, const std::vector<std::string> &entries,
-           const std::vector<std::string> &bf16Weights, bool ukernelMemrefs,
-           std::vector<FunctionSignature> &signatures,
-           int64_t logitsBlockBytes) {
+OwningOpRef<ModuleOp> planModule(ModuleOp source,
+                                 const std::vector<std::string> &entries,
+                                 const std::vector<std::string> &bf16Weights,
+                                 bool ukernelMemrefs,
+                                 std::vector<FunctionSignature> &signatures,
+                                 int64_t logitsBlockBytes) {
   return lowerEntries(source, entries, bf16Weights, /*toLLVM=*/false,
                       signatures, ukernelMemrefs, logitsBlockBytes);
 }

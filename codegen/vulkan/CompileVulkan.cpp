@@ -4,6 +4,7 @@
 #include "formats/Error.h"
 #include "hal/vulkan/DeviceProfile.h"
 
+#include "mlir/Conversion/Passes.h"
 #include "mlir/Conversion/SCFToGPU/SCFToGPU.h"
 #include "mlir/Dialect/Affine/IR/AffineOps.h"
 #include "mlir/Dialect/Arith/IR/Arith.h"
@@ -19,7 +20,6 @@
 #include "mlir/Dialect/SCF/Transforms/Transforms.h"
 #include "mlir/Dialect/SCF/Utils/Utils.h"
 #include "mlir/Dialect/SPIRV/IR/TargetAndABI.h"
-#include "mlir/Conversion/Passes.h"
 #include "mlir/IR/IRMapping.h"
 #include "mlir/IR/PatternMatch.h"
 #include "mlir/Pass/PassManager.h"
@@ -41,8 +41,7 @@ KernelTarget kernelTargetForProfile(const std::string &name) {
   const bitloom::vulkan::DeviceProfile &p = bitloom::vulkan::findProfile(name);
   KernelTarget t;
   t.subgroupSize = std::max<int64_t>(1, p.minSubgroupSize);
-  t.sharedMemoryBytes =
-      std::max<int64_t>(16384, p.minComputeSharedMemorySize);
+  t.sharedMemoryBytes = std::max<int64_t>(16384, p.minComputeSharedMemorySize);
   t.maxWorkgroupInvocations =
       std::max<int64_t>(128, p.minComputeWorkGroupInvocations);
   t.int8Arithmetic = p.shaderInt8;
@@ -69,8 +68,8 @@ namespace {
   llvm::raw_string_ostream os(where);
   op->getLoc().print(os);
   throw FormatError("", "compile --target vulkan",
-                    what + " (" + op->getName().getStringRef().str() +
-                        " at " + where + ")");
+                    what + " (" + op->getName().getStringRef().str() + " at " +
+                        where + ")");
 }
 
 bool isMicroKernelCall(Operation *op) {
@@ -113,9 +112,9 @@ void sinkScalarChains(Operation *op, bool kernel = false) {
       if (!def || chain.contains(def))
         return;
       bool constant = def->hasTrait<OpTrait::ConstantLike>();
-      bool sink = kernel ? constant || isScalarOp(def) ||
-                               isa<memref::SubViewOp>(def)
-                         : !constant && isScalarOp(def);
+      bool sink =
+          kernel ? constant || isScalarOp(def) || isa<memref::SubViewOp>(def)
+                 : !constant && isScalarOp(def);
       if (!sink)
         return;
       for (Value operand : def->getOperands())
@@ -162,8 +161,8 @@ Operation *reductionCombiner(linalg::GenericOp op) {
     return nullptr;
   Operation *combine = yield.getOperand(0).getDefiningOp();
   if (!combine || *out.getUsers().begin() != combine ||
-      !isa<arith::AddFOp, arith::AddIOp, arith::MaximumFOp,
-           arith::MinimumFOp, arith::MaxNumFOp, arith::MinNumFOp>(combine))
+      !isa<arith::AddFOp, arith::AddIOp, arith::MaximumFOp, arith::MinimumFOp,
+           arith::MaxNumFOp, arith::MinNumFOp>(combine))
     return nullptr;
   return combine;
 }
@@ -244,8 +243,8 @@ bool lowerReductionToLaunch(linalg::GenericOp op, int64_t maxThreads) {
     AffineMap map = op.getMatchingIndexingMap(&operand);
     SmallVector<Value> indices;
     for (unsigned k = 0; k < map.getNumResults(); ++k)
-      indices.push_back(affine::AffineApplyOp::create(
-          b, loc, map.getSubMap({k}), dims));
+      indices.push_back(
+          affine::AffineApplyOp::create(b, loc, map.getSubMap({k}), dims));
     return memref::LoadOp::create(b, loc, v, indices);
   };
 
@@ -276,26 +275,27 @@ bool lowerReductionToLaunch(linalg::GenericOp op, int64_t maxThreads) {
         combineMap.map(outArg, carried[0]);
         combineMap.map(contribution, value);
         Value combined = b.clone(*combine, combineMap)->getResult(0);
-        Value next = arith::SelectOp::create(b, loc, carried[1], combined,
-                                             value);
+        Value next =
+            arith::SelectOp::create(b, loc, carried[1], combined, value);
         Value yes = arith::ConstantIntOp::create(b, loc, b.getI1Type(), 1);
         scf::YieldOp::create(b, loc, ValueRange{next, yes});
       });
 
-  auto workgroup = spirv::StorageClassAttr::get(ctx, spirv::StorageClass::Workgroup);
+  auto workgroup =
+      spirv::StorageClassAttr::get(ctx, spirv::StorageClass::Workgroup);
   auto partials = memref::AllocOp::create(
       b, loc, MemRefType::get({threads}, elem, AffineMap(), workgroup));
   auto valid = memref::AllocOp::create(
-      b, loc, MemRefType::get({threads}, b.getI32Type(), AffineMap(),
-                              workgroup));
+      b, loc,
+      MemRefType::get({threads}, b.getI32Type(), AffineMap(), workgroup));
   memref::StoreOp::create(b, loc, loop.getResult(0), partials,
                           ValueRange{thread});
   memref::StoreOp::create(
       b, loc, arith::ExtUIOp::create(b, loc, b.getI32Type(), loop.getResult(1)),
       valid, ValueRange{thread});
   gpu::BarrierOp::create(b, loc);
-  Value first = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq,
-                                      thread, index(0));
+  Value first =
+      arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq, thread, index(0));
   auto onlyFirst = scf::IfOp::create(b, loc, first, /*withElseRegion=*/false);
   b.setInsertionPointToStart(&onlyFirst.getThenRegion().front());
   // The output's element: reduction dimensions do not appear in its map.
@@ -307,8 +307,7 @@ bool lowerReductionToLaunch(linalg::GenericOp op, int64_t maxThreads) {
   for (unsigned k = 0; k < outMap.getNumResults(); ++k)
     outIndices.push_back(
         affine::AffineApplyOp::create(b, loc, outMap.getSubMap({k}), dims));
-  Value initial =
-      memref::LoadOp::create(b, loc, outOperand.get(), outIndices);
+  Value initial = memref::LoadOp::create(b, loc, outOperand.get(), outIndices);
   auto fold = scf::ForOp::create(
       b, loc, index(0), index(threads), one, ValueRange{initial},
       [&](OpBuilder &nested, Location, Value i, ValueRange carried) {
@@ -323,10 +322,9 @@ bool lowerReductionToLaunch(linalg::GenericOp op, int64_t maxThreads) {
         combineMap.map(outArg, carried[0]);
         combineMap.map(contribution, partial);
         Value combined = b.clone(*combine, combineMap)->getResult(0);
-        scf::YieldOp::create(
-            b, loc,
-            ValueRange{arith::SelectOp::create(b, loc, has, combined,
-                                               carried[0])});
+        scf::YieldOp::create(b, loc,
+                             ValueRange{arith::SelectOp::create(
+                                 b, loc, has, combined, carried[0])});
       });
   memref::StoreOp::create(b, loc, fold.getResult(0), outOperand.get(),
                           outIndices);
@@ -404,13 +402,14 @@ void narrowTranscendentals(gpu::GPUFuncOp func) {
     OpBuilder b(op);
     IRMapping map;
     for (Value operand : op->getOperands())
-      map.map(operand,
-              operand.getType() == f64
-                  ? Value(arith::TruncFOp::create(b, op->getLoc(), f32, operand))
-                  : operand);
+      map.map(operand, operand.getType() == f64
+                           ? Value(arith::TruncFOp::create(b, op->getLoc(), f32,
+                                                           operand))
+                           : operand);
     Operation *copy = b.clone(*op, map);
     copy->getResult(0).setType(f32);
-    Value wide = arith::ExtFOp::create(b, op->getLoc(), f64, copy->getResult(0));
+    Value wide =
+        arith::ExtFOp::create(b, op->getLoc(), f64, copy->getResult(0));
     op->getResult(0).replaceAllUsesWith(wide);
     op->erase();
   }
@@ -480,8 +479,7 @@ Traced trace(Value v, Operation *user) {
       return {arg.getArgNumber(), offset, size};
     Operation *def = v.getDefiningOp();
     if (auto view = dyn_cast<memref::ViewOp>(def)) {
-      std::optional<int64_t> shift =
-          getConstantIntValue(view.getByteShift());
+      std::optional<int64_t> shift = getConstantIntValue(view.getByteShift());
       if (!shift || !view.getSizes().empty())
         fail(def, "a view into the arena at a dynamic offset");
       offset += uint64_t(*shift);
@@ -506,11 +504,11 @@ Traced trace(Value v, Operation *user) {
 /// the outlined kernel, and the model module it belongs to
 /// ("bitloom_uk_ternary_matmul model.layers.3.mlp.up_proj").
 std::string opLabel(Operation *op, const std::string &kernel) {
-  std::string label = isMicroKernelCall(op)
-                          ? cast<func::CallOp>(op).getCallee().str()
-                          : kernel;
+  std::string label =
+      isMicroKernelCall(op) ? cast<func::CallOp>(op).getCallee().str() : kernel;
   Location loc = op->getLoc();
-  if (auto fused = dyn_cast<FusedLoc>(loc); fused && !fused.getLocations().empty())
+  if (auto fused = dyn_cast<FusedLoc>(loc);
+      fused && !fused.getLocations().empty())
     loc = fused.getLocations().front();
   if (auto name = dyn_cast<NameLoc>(loc))
     label += " " + name.getName().str();
@@ -581,9 +579,8 @@ public:
         continue;
       // The iteration count, from the constant bounds linalg gives.
       int64_t extent = 1;
-      for (auto [lb, ub, step] : llvm::zip(loop.getLowerBound(),
-                                           loop.getUpperBound(),
-                                           loop.getStep())) {
+      for (auto [lb, ub, step] : llvm::zip(
+               loop.getLowerBound(), loop.getUpperBound(), loop.getStep())) {
         std::optional<int64_t> l = getConstantIntValue(lb),
                                u = getConstantIntValue(ub),
                                s = getConstantIntValue(step);
@@ -629,19 +626,16 @@ public:
       // Sizes are static: the body reads them as constants, not as the
       // launch's block arguments (which outlining would pass in).
       OpBuilder sizes = OpBuilder::atBlockBegin(&launch.getBody().front());
-      gpu::KernelDim3 inside[2] = {launch.getGridSize(),
-                                   launch.getBlockSize()};
+      gpu::KernelDim3 inside[2] = {launch.getGridSize(), launch.getBlockSize()};
       gpu::KernelDim3 outside[2] = {launch.getGridSizeOperandValues(),
                                     launch.getBlockSizeOperandValues()};
       for (int i = 0; i < 2; ++i)
-        for (auto [arg, value] :
-             llvm::zip(SmallVector<Value>{inside[i].x, inside[i].y,
-                                          inside[i].z},
-                       SmallVector<Value>{outside[i].x, outside[i].y,
-                                          outside[i].z}))
+        for (auto [arg, value] : llvm::zip(
+                 SmallVector<Value>{inside[i].x, inside[i].y, inside[i].z},
+                 SmallVector<Value>{outside[i].x, outside[i].y, outside[i].z}))
           if (std::optional<int64_t> n = getConstantIntValue(value))
-            arg.replaceAllUsesWith(arith::ConstantIndexOp::create(
-                sizes, launch.getLoc(), *n));
+            arg.replaceAllUsesWith(
+                arith::ConstantIndexOp::create(sizes, launch.getLoc(), *n));
       sinkScalarChains(launch, /*kernel=*/true);
     });
   }
@@ -658,8 +652,7 @@ private:
 void deduplicateKernels(ModuleOp module) {
   // Candidates share a signature and attributes; bodies are compared
   // structurally (value names and locations do not matter).
-  std::map<std::pair<std::string, llvm::hash_code>,
-           std::vector<gpu::GPUFuncOp>>
+  std::map<std::pair<std::string, llvm::hash_code>, std::vector<gpu::GPUFuncOp>>
       kept;
   llvm::StringMap<std::string> renamed; // dropped kernel -> kept kernel
   for (auto gpuModule :
@@ -784,7 +777,8 @@ CompiledVulkanModule compileForVulkan(ModuleOp source,
   for (const std::string &entry : entries) {
     auto func = module->lookupSymbol<func::FuncOp>(entry);
     std::vector<PendingDispatch> &list = pending.emplace_back();
-    const std::vector<uint32_t> &computePositions = positions[pending.size() - 1];
+    const std::vector<uint32_t> &computePositions =
+        positions[pending.size() - 1];
     size_t computeOp = 0;
     auto nextPosition = [&](Operation *op) {
       if (computeOp >= computePositions.size())
@@ -866,9 +860,8 @@ CompiledVulkanModule compileForVulkan(ModuleOp source,
           b.source = GpuBinding::Source::Arena;
         }
         if (b.size > target.maxStorageBufferRange)
-          fail(d.op, "binding " + std::to_string(out.bindings.size()) +
-                         " of " + out.op + " covers " +
-                         std::to_string(b.size) +
+          fail(d.op, "binding " + std::to_string(out.bindings.size()) + " of " +
+                         out.op + " covers " + std::to_string(b.size) +
                          " bytes, more than the profile's storage buffer "
                          "range of " +
                          std::to_string(target.maxStorageBufferRange) +

@@ -33,11 +33,11 @@ struct KernelTarget {
   int64_t subgroupSize = 1;          // at least this many lanes per subgroup
   int64_t sharedMemoryBytes = 16384; // workgroup (shared) memory
   int64_t maxWorkgroupInvocations = 128;
-  bool int8Arithmetic = false;       // shaderInt8
-  bool storage8Bit = false;          // 8-bit storage buffer access
-  bool storage16Bit = false;         // 16-bit storage buffer access
-  bool integerDotProduct = false;    // SPV_KHR_integer_dot_product
-  bool float64 = true;               // shaderFloat64
+  bool int8Arithmetic = false;    // shaderInt8
+  bool storage8Bit = false;       // 8-bit storage buffer access
+  bool storage16Bit = false;      // 16-bit storage buffer access
+  bool integerDotProduct = false; // SPV_KHR_integer_dot_product
+  bool float64 = true;            // shaderFloat64
   /// Most bytes of the fused LM head's block of logits: GPUs with memory to
   /// spare take bigger (fewer, better-filled) products.
   int64_t logitsBlockBytes = int64_t(16) << 20;

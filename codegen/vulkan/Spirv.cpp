@@ -54,11 +54,14 @@ struct KernelInfo {
 Attribute spirvTargetEnv(MLIRContext *context, const KernelTarget &target) {
   using spirv::Capability;
   using spirv::Extension;
-  SmallVector<Capability> caps = {
-      Capability::Shader, Capability::Int64, Capability::GroupNonUniform,
-      Capability::GroupNonUniformArithmetic, Capability::GroupNonUniformBallot,
-      Capability::GroupNonUniformShuffle};
-  SmallVector<Extension> exts = {Extension::SPV_KHR_storage_buffer_storage_class};
+  SmallVector<Capability> caps = {Capability::Shader,
+                                  Capability::Int64,
+                                  Capability::GroupNonUniform,
+                                  Capability::GroupNonUniformArithmetic,
+                                  Capability::GroupNonUniformBallot,
+                                  Capability::GroupNonUniformShuffle};
+  SmallVector<Extension> exts = {
+      Extension::SPV_KHR_storage_buffer_storage_class};
   if (target.float64)
     caps.push_back(Capability::Float64);
   // i8 buffers are loaded as i8 only where i8 arithmetic exists too;
@@ -144,8 +147,8 @@ compileKernelsToSpirv(ModuleOp module, const KernelTarget &target,
   // -spirv-lower-abi-attrs lists an entry point's interface by the target's
   // SPIR-V version (every global from 1.4 on), while -spirv-update-vce picks
   // the least version the ops need: declare the target's version.
-  spirv::Version version = needsVulkan13(target) ? spirv::Version::V_1_6
-                                                 : spirv::Version::V_1_3;
+  spirv::Version version =
+      needsVulkan13(target) ? spirv::Version::V_1_6 : spirv::Version::V_1_3;
   for (auto spirvModule : module.getOps<spirv::ModuleOp>())
     if (std::optional<spirv::VerCapExtAttr> triple =
             spirvModule.getVceTriple()) {
@@ -190,8 +193,7 @@ compileKernelsToSpirv(ModuleOp module, const KernelTarget &target,
                          validatorOptions, /*skip_validation=*/false))
         return module.emitError("kernel ")
                << info.name << ": SPIR-V optimization failed:" << messages;
-      if (!tools.Validate(optimized.data(), optimized.size(),
-                          validatorOptions))
+      if (!tools.Validate(optimized.data(), optimized.size(), validatorOptions))
         return module.emitError("kernel ")
                << info.name << ": optimized SPIR-V is invalid:" << messages;
       words = std::move(optimized);

@@ -234,8 +234,7 @@ void writeEncoded(const float *x, uint64_t n, size_t elemBytes, Encoder enc,
 /// Streams the master values of `spec`, chunk by chunk, without holding the
 /// tensor (embeddings of 2b4t are 328M values).
 void streamMaster(uint64_t seed, bool repeat, const TensorSpec &spec,
-                  size_t elemBytes,
-                  Encoder enc, TensorSink &sink) {
+                  size_t elemBytes, Encoder enc, TensorSink &sink) {
   const MasterValues master(seed, spec, repeat);
   const uint64_t n = numElements(spec.shape);
   const size_t chunk = size_t(std::min<uint64_t>(n, kChunk));

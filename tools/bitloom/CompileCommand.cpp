@@ -386,8 +386,8 @@ static int compileArtifact(CompileArgs &args, const Model &model,
     std::string profile = vulkanProfile(args.target);
     codegen::vulkan::KernelTarget kernelTarget =
         codegen::vulkan::kernelTargetForProfile(profile);
-    gpu = codegen::vulkan::compileForVulkan(module, kernelTarget, entries,
-                                             bf16);
+    gpu =
+        codegen::vulkan::compileForVulkan(module, kernelTarget, entries, bf16);
     compiled.functions = gpu.functions;
     info.cpu = profile;
   } else {
@@ -488,11 +488,11 @@ static int compileArtifact(CompileArgs &args, const Model &model,
     exe.name = "train";
     exe.format = "elf-shared";
     for (const std::string &entry : entries)
-      exe.kernels.push_back({entry + "_packed",
-                             {1, 1, 1},
-                             {1, 1, 1},
-                             fs::absolute(args.model).string() + ": @" +
-                                 entry});
+      exe.kernels.push_back(
+          {entry + "_packed",
+           {1, 1, 1},
+           {1, 1, 1},
+           fs::absolute(args.model).string() + ": @" + entry});
     exeIndex = builder.addExecutable(exe, compiled.sharedObject);
     // The optimized LLVM IR of the same code under the same kernel names,
     // for `bitloom inspect --dump-kernels`. No dispatch names it, so a
@@ -500,8 +500,7 @@ static int compileArtifact(CompileArgs &args, const Model &model,
     blm::ExecutableInfo ir = exe;
     ir.name = "train-ir";
     ir.format = "llvm-bc";
-    builder.addExecutable(ir, compiled.bitcode.data(),
-                          compiled.bitcode.size());
+    builder.addExecutable(ir, compiled.bitcode.data(), compiled.bitcode.size());
   }
 
   // Frozen weights in the form the code takes them (f32, bf16 as stored, or
@@ -578,8 +577,7 @@ static int compileArtifact(CompileArgs &args, const Model &model,
         blm::DispatchInfo g;
         g.executable = d.kernel;
         g.kernel = 0;
-        g.workgroupCount = {d.workgroups[0], d.workgroups[1],
-                            d.workgroups[2]};
+        g.workgroupCount = {d.workgroups[0], d.workgroups[1], d.workgroups[2]};
         g.op = d.op;
         for (const codegen::vulkan::GpuBinding &b : d.bindings) {
           using Source = codegen::vulkan::GpuBinding::Source;

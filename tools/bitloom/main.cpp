@@ -38,8 +38,8 @@
 
 #include <cctype>
 #include <cinttypes>
-#include <cstring>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -385,9 +385,9 @@ void dumpSpirvKernels(const blm::Artifact &artifact, const std::string &dir) {
       if (entry->dispatches())
         for (const blm::fb::Dispatch *d : *entry->dispatches())
           ++uses[d->executable()];
-  std::string index = "# bitloom inspect --dump-kernels\nartifact: " +
-                      artifact.path() + "\ntarget: " + artifact.target().name +
-                      "\n";
+  std::string index =
+      "# bitloom inspect --dump-kernels\nartifact: " + artifact.path() +
+      "\ntarget: " + artifact.target().name + "\n";
   size_t written = 0;
   for (size_t i = 0; i < artifact.numExecutables(); ++i) {
     const blm::fb::Executable &exe = artifact.executable(i);
@@ -403,15 +403,14 @@ void dumpSpirvKernels(const blm::Artifact &artifact, const std::string &dir) {
     std::string text = codegen::vulkan::disassembleSpirv(words);
     writeFileAtomically((fs::path(dir) / (stem + ".spvasm")).string(),
                         text.data(), text.size());
-    const blm::fb::Kernel *k =
-        exe.kernels() && exe.kernels()->size() ? exe.kernels()->Get(0)
-                                               : nullptr;
-    std::string size =
-        k && k->workgroup_size()
-            ? std::to_string(k->workgroup_size()->x()) + "x" +
-                  std::to_string(k->workgroup_size()->y()) + "x" +
-                  std::to_string(k->workgroup_size()->z())
-            : "?";
+    const blm::fb::Kernel *k = exe.kernels() && exe.kernels()->size()
+                                   ? exe.kernels()->Get(0)
+                                   : nullptr;
+    std::string size = k && k->workgroup_size()
+                           ? std::to_string(k->workgroup_size()->x()) + "x" +
+                                 std::to_string(k->workgroup_size()->y()) +
+                                 "x" + std::to_string(k->workgroup_size()->z())
+                           : "?";
     index += "kernel " + name + ": " + stem + ".spv " + stem +
              ".spvasm, workgroup " + size + ", " +
              std::to_string(bytes.size()) + " bytes, " +
