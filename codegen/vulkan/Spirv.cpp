@@ -49,6 +49,81 @@ struct KernelInfo {
   unsigned numBuffers = 0;
 };
 
+/// Decorates every float arithmetic result NoContraction. The kernels must
+/// compute what the CPU target computes, rounding for rounding: without the
+/// decoration spirv-opt's folding rewrites (1 / m) · 127 as 127 / m and
+/// x / 768 + eps as fma(x, 1/768, eps), and drivers may reassociate,
+/// contract or use reciprocals too. Those last-bit differences flip
+/// round-to-nearest ties in the activation quantization (HF's round(x·s)),
+/// which models with bf16 norm weights hit often.
+void decorateNoContraction(std::vector<uint32_t> &words) {
+  constexpr uint32_t kOpDecorate = 71, kNoContraction = 42;
+  auto isFloatArithmetic = [](uint32_t op) {
+    switch (op) {
+    case 127: // OpFNegate
+    case 129: // OpFAdd
+    case 131: // OpFSub
+    case 133: // OpFMul
+    case 136: // OpFDiv
+    case 140: // OpFRem
+    case 141: // OpFMod
+    case 142: // OpVectorTimesScalar
+    case 148: // OpDot
+      return true;
+    default:
+      return false;
+    }
+  };
+  // Instructions that come before the types: the decorations go after them.
+  auto isPreamble = [](uint32_t op) {
+    switch (op) {
+    case 2:
+    case 3:
+    case 4:
+    case 5:
+    case 6:
+    case 7: // debug
+    case 10:
+    case 11:
+    case 14:
+    case 15:
+    case 16: // extensions, modes
+    case 17:
+    case 330:
+    case 331: // capability, ...
+    case 71:
+    case 72:
+    case 73:
+    case 74:
+    case 332: // annotations
+    case 5632:
+    case 5633:
+      return true;
+    default:
+      return false;
+    }
+  };
+  if (words.size() < 5)
+    return;
+  size_t insertAt = 0;
+  std::vector<uint32_t> decorations;
+  for (size_t i = 5; i < words.size();) {
+    uint32_t count = words[i] >> 16, op = words[i] & 0xffff;
+    if (count == 0 || i + count > words.size())
+      return; // malformed: leave it to the validator
+    if (!insertAt && !isPreamble(op))
+      insertAt = i;
+    if (isFloatArithmetic(op) && count >= 3)
+      decorations.insert(decorations.end(), {(3u << 16) | kOpDecorate,
+                                             words[i + 2], kNoContraction});
+    i += count;
+  }
+  if (!insertAt || decorations.empty())
+    return;
+  words.insert(words.begin() + insertAt, decorations.begin(),
+               decorations.end());
+}
+
 } // namespace
 
 Attribute spirvTargetEnv(MLIRContext *context, const KernelTarget &target) {
@@ -179,6 +254,7 @@ compileKernelsToSpirv(ModuleOp module, const KernelTarget &target,
       return it->second.emitError("kernel ")
              << info.name << ": SPIR-V serialization failed";
     std::vector<uint32_t> words(binary.begin(), binary.end());
+    decorateNoContraction(words);
     std::string messages;
     tools.SetMessageConsumer(collectInto(messages));
     if (!tools.Validate(words.data(), words.size(), validatorOptions))

@@ -9,7 +9,7 @@
 // must be within 1e-4 of the CPU's, relative to its largest magnitude.
 //
 //===----------------------------------------------------------------------===//
-#include "KernelHarness.h"
+#include "KernelHarnessTest.h"
 
 #include "ukernels/Attention.h"
 
@@ -63,18 +63,8 @@ void expectClose(const std::vector<float> &got, const std::vector<float> &want,
       << ", want " << want[worstAt] << " (max |want| " << scale << ")";
 }
 
-class AttentionKernelsTest : public ::testing::Test {
+class AttentionKernelsTest : public KernelHarnessTest {
 protected:
-  static void SetUpTestSuite() { harness = new KernelHarness(); }
-  static void TearDownTestSuite() {
-    delete harness;
-    harness = nullptr;
-  }
-  void SetUp() override {
-    if (!harness->available())
-      GTEST_SKIP() << harness->unavailableReason();
-  }
-
   KernelTarget device() const { return harness->deviceTarget(); }
   /// The generic profile: 128 invocations, 16 KiB of shared memory.
   static KernelTarget generic() {
@@ -165,11 +155,8 @@ protected:
     expectClose(fromBytes<float>(r.buffers[6]), dv, 1e-4, "dv");
   }
 
-  static KernelHarness *harness;
   std::mt19937 rng{20240611};
 };
-
-KernelHarness *AttentionKernelsTest::harness = nullptr;
 
 // Partial query and key tiles everywhere (37, 20, 45 are no multiples of a
 // power-of-two tile).

@@ -10,7 +10,7 @@
 // magnitude.
 //
 //===----------------------------------------------------------------------===//
-#include "KernelHarness.h"
+#include "KernelHarnessTest.h"
 
 #include "ukernels/Ukernels.h"
 
@@ -55,18 +55,8 @@ std::string memref(std::initializer_list<int64_t> shape,
   return s + elt + ">";
 }
 
-class CrossEntropyKernelsTest : public ::testing::Test {
+class CrossEntropyKernelsTest : public KernelHarnessTest {
 protected:
-  static void SetUpTestSuite() { harness = new KernelHarness(); }
-  static void TearDownTestSuite() {
-    delete harness;
-    harness = nullptr;
-  }
-  void SetUp() override {
-    if (!harness->available())
-      GTEST_SKIP() << harness->unavailableReason();
-  }
-
   KernelTarget device() const { return harness->deviceTarget(); }
   static KernelTarget generic() {
     KernelTarget t;
@@ -192,11 +182,8 @@ protected:
         << ", want " << wantGrad[worstAt] << " (max |want| " << scale << ")";
   }
 
-  static KernelHarness *harness;
   std::mt19937 rng{777};
 };
-
-KernelHarness *CrossEntropyKernelsTest::harness = nullptr;
 
 TEST_F(CrossEntropyKernelsTest, TrainingF32) {
   for (auto target : {device(), generic()}) {

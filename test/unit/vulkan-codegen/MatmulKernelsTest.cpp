@@ -9,7 +9,7 @@
 // profile's limits, are covered.
 //
 //===----------------------------------------------------------------------===//
-#include "KernelHarness.h"
+#include "KernelHarnessTest.h"
 
 #include "ukernels/Ukernels.h"
 
@@ -43,18 +43,8 @@ public:
   ~ForcedSplit() { unsetenv("BITLOOM_VULKAN_MATMUL_SPLIT"); }
 };
 
-class MatmulKernelsTest : public ::testing::Test {
+class MatmulKernelsTest : public KernelHarnessTest {
 protected:
-  static void SetUpTestSuite() { harness = new KernelHarness(); }
-  static void TearDownTestSuite() {
-    delete harness;
-    harness = nullptr;
-  }
-  void SetUp() override {
-    if (!harness->available())
-      GTEST_SKIP() << harness->unavailableReason();
-  }
-
   /// The device's own limits, with or without the dot product.
   KernelTarget device(bool dot) const {
     KernelTarget t = harness->deviceTarget();
@@ -64,11 +54,8 @@ protected:
   /// The generic profile: 128 invocations, 16 KiB, no 8-bit features.
   static KernelTarget generic() { return KernelTarget(); }
 
-  static KernelHarness *harness;
   std::mt19937 rng{1234};
 };
-
-KernelHarness *MatmulKernelsTest::harness = nullptr;
 
 std::string memrefType(std::initializer_list<int64_t> shape,
                        const std::string &elt) {
