@@ -744,6 +744,7 @@ CompiledVulkanModule compileForVulkan(ModuleOp source,
           launch, launch.getKernel());
       if (!kernel || kernel->hasAttr(spirv::getEntryPointABIAttrName()))
         return;
+      kernel->setAttr(kExactFloatAttrName, UnitAttr::get(context));
       SmallVector<int32_t> size;
       for (Value v : {launch.getBlockSizeX(), launch.getBlockSizeY(),
                       launch.getBlockSizeZ()}) {

@@ -46,6 +46,7 @@ spvtools::MessageConsumer collectInto(std::string &messages) {
 struct KernelInfo {
   std::string name, entryPoint;
   std::array<int64_t, 3> workgroupSize = {1, 1, 1};
+  bool exactFloat = false;
   unsigned numBuffers = 0;
 };
 
@@ -184,6 +185,7 @@ compileKernelsToSpirv(ModuleOp module, const KernelTarget &target,
     info.name = gpuModule.getName().str();
     info.entryPoint = func.getName().str();
     info.numBuffers = func.getNumArguments();
+    info.exactFloat = func->hasAttr(kExactFloatAttrName);
     if (auto abi = func->getAttrOfType<spirv::EntryPointABIAttr>(
             spirv::getEntryPointABIAttrName()))
       if (DenseI32ArrayAttr size = abi.getWorkgroupSize())
@@ -254,7 +256,8 @@ compileKernelsToSpirv(ModuleOp module, const KernelTarget &target,
       return it->second.emitError("kernel ")
              << info.name << ": SPIR-V serialization failed";
     std::vector<uint32_t> words(binary.begin(), binary.end());
-    decorateNoContraction(words);
+    if (info.exactFloat)
+      decorateNoContraction(words);
     std::string messages;
     tools.SetMessageConsumer(collectInto(messages));
     if (!tools.Validate(words.data(), words.size(), validatorOptions))

@@ -21,6 +21,13 @@
 
 namespace bitloom::codegen::vulkan {
 
+/// A unit attribute on a kernel gpu.func: its float arithmetic must round as
+/// written (every result decorated NoContraction, so neither spirv-opt nor
+/// the driver folds, contracts or reassociates it). Generated kernels carry
+/// it: they must quantize exactly as the CPU targets do. The hand-written
+/// products leave it off and accumulate with fused multiply-adds.
+inline constexpr llvm::StringLiteral kExactFloatAttrName = "loom.exact_float";
+
 /// One compute shader: a SPIR-V module with one entry point.
 struct SpirvKernel {
   std::string name;                     // the gpu.module's (unique) name
