@@ -8,6 +8,8 @@
 //===----------------------------------------------------------------------===//
 #include "hal/vulkan/VulkanContext.h"
 
+#include "VulkanTestArtifact.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -18,23 +20,9 @@
 #include <iterator>
 
 using namespace bitloom::vulkan;
+using bitloom::test::loadShader;
 
 namespace {
-
-std::vector<uint32_t> loadShader(const std::string &name) {
-  const std::string path =
-      std::string(BITLOOM_VULKAN_TEST_SHADER_DIR) + "/" + name + ".spv";
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
-    throw std::runtime_error("cannot open " + path);
-  std::vector<char> bytes((std::istreambuf_iterator<char>(in)),
-                          std::istreambuf_iterator<char>());
-  if (bytes.empty() || bytes.size() % 4 != 0)
-    throw std::runtime_error(path + " is not SPIR-V");
-  std::vector<uint32_t> words(bytes.size() / 4);
-  std::memcpy(words.data(), bytes.data(), bytes.size());
-  return words;
-}
 
 /// saxpy.spvasm's push constants.
 struct SaxpyPush {
