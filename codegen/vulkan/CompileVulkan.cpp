@@ -46,7 +46,6 @@ KernelTarget kernelTargetForProfile(const std::string &name) {
       std::max<int64_t>(128, p.minComputeWorkGroupInvocations);
   t.int8Arithmetic = p.shaderInt8;
   t.storage8Bit = p.storageBuffer8BitAccess;
-  t.storage16Bit = p.storageBuffer16BitAccess;
   t.integerDotProduct = p.integerDotProduct;
   // Where the profile has f64, kernels keep the CPU targets' f64
   // accumulations (and quantize exactly as they do); elsewhere (phones)

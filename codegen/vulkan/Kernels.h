@@ -35,7 +35,6 @@ struct KernelTarget {
   int64_t maxWorkgroupInvocations = 128;
   bool int8Arithmetic = false;    // shaderInt8
   bool storage8Bit = false;       // 8-bit storage buffer access
-  bool storage16Bit = false;      // 16-bit storage buffer access
   bool integerDotProduct = false; // SPV_KHR_integer_dot_product
   bool float64 = true;            // shaderFloat64
   /// Most bytes of the fused LM head's block of logits: GPUs with memory to

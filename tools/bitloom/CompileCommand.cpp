@@ -53,12 +53,16 @@ void addCompileCommand(CLI::App &app, CompileArgs &args) {
   cmd->add_option("model", args.model, "model directory or .gguf file")
       ->required();
   cmd->add_option("--target", args.target,
-                  "reference (a .mlir) | cpu-x86_64 | cpu-arm64 (a .blm)")
+                  "reference (a .mlir) | cpu-x86_64 | cpu-arm64 | vulkan | "
+                  "vulkan-<profile: generic, adreno, mali, nvidia, lavapipe> "
+                  "(a .blm)")
       ->capture_default_str();
   cmd->add_option("--cpu", args.cpu,
                   "CPU to tune for: native | generic | an LLVM CPU name");
-  cmd->add_option("--seq-len", args.seqLen, "tokens per sequence (CPU)");
-  cmd->add_option("--batch", args.batch, "sequences per step (CPU)");
+  cmd->add_option("--seq-len", args.seqLen,
+                  "tokens per sequence (CPU and Vulkan targets)");
+  cmd->add_option("--batch", args.batch,
+                  "sequences per step (CPU and Vulkan targets)");
   addLoRAOptions(cmd, args.lora, args.targets);
   addOptimizerOptions(cmd, args.optimizer, args.optimizer.weightDecay,
                       /*showDecayDefault=*/true);
@@ -71,17 +75,20 @@ void addCompileCommand(CLI::App &app, CompileArgs &args) {
   cmd->add_option("--dump-phases", args.dumpPhases,
                   "write each phase's IR to DIR/<n>-<phase>.mlir");
   cmd->add_option("--memory-budget", args.memoryBudget,
-                  "CPU targets: most bytes a training run may hold (weights, "
-                  "trainable state, step inputs/outputs and the arena), e.g. "
-                  "1.5GiB; the compiler recomputes the fewest decoder layers "
-                  "that make the plan fit (default: 8GiB for cpu-x86_64, "
-                  "4GiB for cpu-arm64)");
-  cmd->add_option("--recompute-layers", args.recomputeLayers,
-                  "CPU targets: recompute this many decoder layers in the "
-                  "backward (-1: all) instead of choosing for the budget");
-  cmd->add_flag("--plan-only", args.planOnly,
-                "CPU targets: print the memory plan's totals and stop "
-                "(no code generation, no output file)");
+                  "CPU and Vulkan targets: most bytes a training run may hold "
+                  "(weights, trainable state, step inputs/outputs and the "
+                  "arena), e.g. 1.5GiB; the compiler recomputes the fewest "
+                  "decoder layers that make the plan fit (default: 8GiB for "
+                  "cpu-x86_64, vulkan-nvidia and vulkan-lavapipe, 4GiB for "
+                  "cpu-arm64 and the other Vulkan profiles)");
+  cmd->add_option(
+      "--recompute-layers", args.recomputeLayers,
+      "CPU and Vulkan targets: recompute this many decoder layers in the "
+      "backward (-1: all) instead of choosing for the budget");
+  cmd->add_flag(
+      "--plan-only", args.planOnly,
+      "CPU and Vulkan targets: print the memory plan's totals and stop "
+      "(no code generation, no output file)");
   cmd->add_option("-o,--output", args.output, "output file");
 }
 
@@ -657,23 +664,25 @@ static int compileArtifact(CompileArgs &args, const Model &model,
 }
 
 int runCompile(CompileArgs &args) {
-  bool cpu = args.target == "cpu-x86_64" || args.target == "cpu-arm64" ||
-             isVulkanTarget(args.target);
+  // Targets that compile to a .blm (and plan memory); the rest is a .mlir.
+  bool artifact = args.target == "cpu-x86_64" || args.target == "cpu-arm64" ||
+                  isVulkanTarget(args.target);
   if (isVulkanTarget(args.target))
+    // An unknown profile fails here, before the model is read.
     codegen::vulkan::kernelTargetForProfile(vulkanProfile(args.target));
-  else if (args.target != "reference" && !cpu)
+  else if (args.target != "reference" && !artifact)
     throw FormatError("", "--target",
                       "'" + args.target +
                           "' is not available yet (reference, cpu-x86_64, "
                           "cpu-arm64, vulkan, vulkan-<profile>)");
-  if (!cpu && (args.planOnly || !args.memoryBudget.empty() ||
-               args.recomputeLayers != -2))
+  if (!artifact && (args.planOnly || !args.memoryBudget.empty() ||
+                    args.recomputeLayers != -2))
     throw FormatError("",
                       args.planOnly               ? "--plan-only"
                       : args.memoryBudget.empty() ? "--recompute-layers"
                                                   : "--memory-budget",
                       "only CPU and Vulkan targets plan memory");
-  if (args.output.empty() && !(cpu && args.planOnly))
+  if (args.output.empty() && !(artifact && args.planOnly))
     throw FormatError("", "--output", "give -o FILE");
   int last = -1;
   for (int i = 0; i < 3; ++i)
@@ -724,7 +733,7 @@ int runCompile(CompileArgs &args) {
                         "the phase failed (see the diagnostics above)");
     dump(phase);
   }
-  if (cpu || isVulkanTarget(args.target))
+  if (artifact)
     return compileArtifact(args, *model, *module);
   std::string text = printModule(*module);
   writeFileAtomically(args.output, text.data(), text.size());

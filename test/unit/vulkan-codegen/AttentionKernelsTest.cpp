@@ -43,26 +43,6 @@ std::string memref3(int64_t a, int64_t b, int64_t c) {
          std::to_string(c) + "xf32>";
 }
 
-/// max |got - want| <= tolerance · max |want| (and no NaN).
-void expectClose(const std::vector<float> &got, const std::vector<float> &want,
-                 double tolerance, const std::string &what) {
-  ASSERT_EQ(got.size(), want.size()) << what;
-  double scale = 0, worst = 0;
-  size_t worstAt = 0;
-  for (float w : want)
-    scale = std::max(scale, double(std::fabs(w)));
-  for (size_t i = 0; i < got.size(); ++i) {
-    double diff = std::fabs(double(got[i]) - double(want[i]));
-    if (!(diff <= worst)) {
-      worst = std::isnan(diff) ? INFINITY : diff;
-      worstAt = i;
-    }
-  }
-  EXPECT_LE(worst, tolerance * std::max(scale, 1e-30))
-      << what << ": worst at " << worstAt << ": got " << got[worstAt]
-      << ", want " << want[worstAt] << " (max |want| " << scale << ")";
-}
-
 class AttentionKernelsTest : public KernelHarnessTest {
 protected:
   KernelTarget device() const { return harness->deviceTarget(); }

@@ -55,7 +55,6 @@ KernelTarget KernelHarness::deviceTarget() const {
   t.maxWorkgroupInvocations = d.maxComputeWorkGroupInvocations;
   t.int8Arithmetic = d.shaderInt8;
   t.storage8Bit = d.storageBuffer8BitAccess;
-  t.storage16Bit = d.storageBuffer16BitAccess;
   t.integerDotProduct = d.integerDotProduct;
   return t;
 }
