@@ -16,6 +16,7 @@
 #include "mlir/Dialect/Linalg/Passes.h"
 #include "mlir/Dialect/Math/IR/Math.h"
 #include "mlir/Dialect/MemRef/IR/MemRef.h"
+#include "mlir/Dialect/MemRef/Transforms/Transforms.h"
 #include "mlir/Dialect/SCF/IR/SCF.h"
 #include "mlir/Dialect/SCF/Transforms/Transforms.h"
 #include "mlir/Dialect/SCF/Utils/Utils.h"
@@ -24,6 +25,7 @@
 #include "mlir/IR/PatternMatch.h"
 #include "mlir/Pass/PassManager.h"
 #include "mlir/Transforms/DialectConversion.h"
+#include "mlir/Transforms/GreedyPatternRewriteDriver.h"
 #include "mlir/Transforms/Passes.h"
 #include "mlir/Transforms/RegionUtils.h"
 
@@ -53,6 +55,8 @@ KernelTarget kernelTargetForProfile(const std::string &name) {
   t.float64 = p.shaderFloat64;
   if (p.minStorageBufferRange)
     t.maxStorageBufferRange = p.minStorageBufferRange;
+  if (p.minStorageBuffersPerStage)
+    t.maxStorageBuffersPerKernel = p.minStorageBuffersPerStage;
   // Data-centre and desktop GPUs: the head's product over 512 rows at once
   // (128256 x 512 f32 logits are 250 MiB) instead of 32-row slivers.
   if (name == "nvidia")
@@ -499,6 +503,138 @@ Traced trace(Value v, Operation *user) {
   }
 }
 
+/// A kernel argument split into `chunks` arguments that each bind at most
+/// `chunkBytes` of the same buffer, at successive offsets.
+struct SplitArgument {
+  unsigned argument = 0; // index before the split
+  unsigned chunks = 0;
+  uint64_t chunkBytes = 0;
+};
+
+/// Loads and stores of `arg` (a statically shaped, contiguous buffer) go to
+/// the chunk that holds the element: the row-major linear index picks the
+/// chunk (an scf.if chain: SPIR-V has no dynamically indexed set of
+/// distinct bindings without optional features) and the offset in it.
+void redirectToChunks(BlockArgument arg, ArrayRef<Value> chunks,
+                      int64_t chunkElements) {
+  auto type = cast<MemRefType>(arg.getType());
+  for (Operation *user : llvm::make_early_inc_range(arg.getUsers())) {
+    auto load = dyn_cast<memref::LoadOp>(user);
+    auto store = dyn_cast<memref::StoreOp>(user);
+    if (!load && !store)
+      fail(user, "a buffer larger than the storage buffer range is used "
+                 "other than by loads and stores, so it cannot be split");
+    OpBuilder b(user);
+    Location loc = user->getLoc();
+    ValueRange indices = load ? load.getIndices() : store.getIndices();
+    Value linear = arith::ConstantIndexOp::create(b, loc, 0);
+    for (auto [dim, index] : llvm::zip(type.getShape(), indices)) {
+      Value extent = arith::ConstantIndexOp::create(b, loc, dim);
+      linear = arith::AddIOp::create(
+          b, loc, arith::MulIOp::create(b, loc, linear, extent), index);
+    }
+    Value size = arith::ConstantIndexOp::create(b, loc, chunkElements);
+    Value which = arith::DivUIOp::create(b, loc, linear, size);
+    Value local = arith::RemUIOp::create(b, loc, linear, size);
+    TypeRange results = load ? TypeRange(load->getResultTypes()) : TypeRange();
+    // Chunk k, else the chain for chunks k+1...: built from the last one.
+    std::function<SmallVector<Value>(OpBuilder &, unsigned)> access =
+        [&](OpBuilder &at, unsigned k) -> SmallVector<Value> {
+      if (k + 1 == chunks.size()) {
+        if (load)
+          return {memref::LoadOp::create(at, loc, chunks[k], local)};
+        memref::StoreOp::create(at, loc, store.getValueToStore(), chunks[k],
+                                local);
+        return {};
+      }
+      Value isK =
+          arith::CmpIOp::create(at, loc, arith::CmpIPredicate::eq, which,
+                                arith::ConstantIndexOp::create(at, loc, k));
+      auto branch = scf::IfOp::create(at, loc, results, isK,
+                                      /*withElseRegion=*/true);
+      // Without results the blocks come with their (empty) yields.
+      OpBuilder then = branch.getThenBodyBuilder();
+      OpBuilder otherwise = branch.getElseBodyBuilder();
+      if (load) {
+        Value v = memref::LoadOp::create(then, loc, chunks[k], local);
+        scf::YieldOp::create(then, loc, v);
+        scf::YieldOp::create(otherwise, loc, access(otherwise, k + 1));
+      } else {
+        memref::StoreOp::create(then, loc, store.getValueToStore(), chunks[k],
+                                local);
+        access(otherwise, k + 1);
+      }
+      return SmallVector<Value>(branch.getResults());
+    };
+    SmallVector<Value> values = access(b, 0);
+    if (load)
+      load.replaceAllUsesWith(values.front());
+    user->erase();
+  }
+}
+
+/// Splits each argument of `func` larger than `maxRange` bytes into chunks
+/// that fit it (mobile GPUs cap one binding at 128-512 MiB; a 2B model's
+/// embedding is 626 MiB): the host binds the same buffer once per chunk at
+/// successive offsets. Chunks are whole multiples of 256 bytes, the largest
+/// minStorageBufferOffsetAlignment Vulkan allows, so every chunk's offset is
+/// aligned where the whole buffer's is. Returns what was split.
+SmallVector<SplitArgument> splitOversizedArguments(gpu::GPUFuncOp func,
+                                                   uint64_t maxRange) {
+  constexpr uint64_t kOffsetAlignment = 256;
+  SmallVector<SplitArgument> splits;
+  Block &entry = func.getBody().front();
+  SmallVector<Type> inputs(func.getArgumentTypes());
+  bool changed = false, folded = false;
+  unsigned numArguments = inputs.size();
+  // `i` walks the arguments as they become, `original` as they were.
+  for (unsigned original = 0, i = 0; original < numArguments; ++original, ++i) {
+    auto type = dyn_cast<MemRefType>(inputs[i]);
+    if (!type || (byteSize(type) + 3) / 4 * 4 <= maxRange)
+      continue;
+    if (!type.hasStaticShape() || !type.getLayout().isIdentity())
+      fail(func, "a kernel buffer larger than the storage buffer range "
+                 "without a static, contiguous layout");
+    uint64_t chunkBytes = maxRange / kOffsetAlignment * kOffsetAlignment;
+    int64_t chunkElements =
+        int64_t(chunkBytes * 8 / type.getElementTypeBitWidth());
+    if (chunkElements == 0)
+      fail(func, "a storage buffer range below 256 bytes");
+    if (!folded) {
+      // Views of the buffer (a KV cache row) into the loads and stores.
+      RewritePatternSet patterns(func.getContext());
+      memref::populateFoldMemRefAliasOpPatterns(patterns);
+      if (failed(applyPatternsGreedily(func, std::move(patterns))))
+        fail(func, "folding views into loads and stores failed");
+      folded = true;
+    }
+    int64_t total = type.getNumElements();
+    unsigned count = unsigned((total + chunkElements - 1) / chunkElements);
+    BlockArgument whole = entry.getArgument(i);
+    SmallVector<Value> chunks;
+    SmallVector<Type> chunkTypes;
+    for (unsigned k = 0; k < count; ++k) {
+      int64_t n = std::min<int64_t>(chunkElements, total - k * chunkElements);
+      chunkTypes.push_back(MemRefType::get({n}, type.getElementType(),
+                                           AffineMap(), type.getMemorySpace()));
+      chunks.push_back(
+          entry.insertArgument(i + 1 + k, chunkTypes.back(), whole.getLoc()));
+    }
+    redirectToChunks(whole, chunks, chunkElements);
+    entry.eraseArgument(i);
+    inputs.erase(inputs.begin() + i);
+    inputs.insert(inputs.begin() + i, chunkTypes.begin(), chunkTypes.end());
+    splits.push_back({original, count, chunkBytes});
+    i += count - 1;
+    changed = true;
+  }
+  if (changed) {
+    func.removeArgAttrsAttr();
+    func.setFunctionType(FunctionType::get(func.getContext(), inputs, {}));
+  }
+  return splits;
+}
+
 /// What a dispatch runs, for inspection and profiles: the micro-kernel or
 /// the outlined kernel, and the model module it belongs to
 /// ("bitloom_uk_ternary_matmul model.layers.3.mlp.up_proj").
@@ -764,6 +900,24 @@ CompiledVulkanModule compileForVulkan(ModuleOp source,
       widenBF16Arguments(func);
     }
   deduplicateKernels(*module);
+  // Per kernel (gpu.module) name, its arguments split to fit the profile's
+  // storage buffer range.
+  llvm::StringMap<SmallVector<SplitArgument>> splits;
+  for (auto gpuModule : module->getOps<gpu::GPUModuleOp>())
+    for (auto func : gpuModule.getOps<gpu::GPUFuncOp>())
+      if (SmallVector<SplitArgument> split =
+              splitOversizedArguments(func, target.maxStorageBufferRange);
+          !split.empty())
+        splits[gpuModule.getName()] = std::move(split);
+  for (auto gpuModule : module->getOps<gpu::GPUModuleOp>())
+    for (auto func : gpuModule.getOps<gpu::GPUFuncOp>())
+      if (func.getNumArguments() > target.maxStorageBuffersPerKernel)
+        fail(func, "kernel " + gpuModule.getName().str() + " binds " +
+                       std::to_string(func.getNumArguments()) +
+                       " storage buffers, more than the profile's " +
+                       std::to_string(target.maxStorageBuffersPerKernel) +
+                       " per kernel (a smaller storage buffer range splits "
+                       "more tensors into more bindings)");
 
   // The host schedule, before the kernels are converted away.
   struct PendingDispatch {
@@ -846,7 +1000,10 @@ CompiledVulkanModule compileForVulkan(ModuleOp source,
       out.workgroups = d.workgroups;
       out.schedulePosition = d.position;
       out.op = opLabel(d.op, d.kernel);
-      for (const Traced &t : d.buffers) {
+      ArrayRef<SplitArgument> split;
+      if (auto it = splits.find(d.kernel); it != splits.end())
+        split = it->second;
+      for (auto [argument, t] : llvm::enumerate(d.buffers)) {
         GpuBinding b;
         b.offset = t.offset;
         b.size = t.size;
@@ -859,15 +1016,26 @@ CompiledVulkanModule compileForVulkan(ModuleOp source,
         } else {
           b.source = GpuBinding::Source::Arena;
         }
-        if (b.size > target.maxStorageBufferRange)
-          fail(d.op, "binding " + std::to_string(out.bindings.size()) + " of " +
-                         out.op + " covers " + std::to_string(b.size) +
-                         " bytes, more than the profile's storage buffer "
-                         "range of " +
-                         std::to_string(target.maxStorageBufferRange) +
-                         " bytes (splitting such tensors is not built yet; "
-                         "a profile with a larger range can take it)");
-        out.bindings.push_back(b);
+        const SplitArgument *chunked = nullptr;
+        for (const SplitArgument &s : split)
+          if (s.argument == argument)
+            chunked = &s;
+        // One binding per chunk of a split buffer, at successive offsets.
+        for (unsigned k = 0; k < (chunked ? chunked->chunks : 1); ++k) {
+          GpuBinding part = b;
+          if (chunked) {
+            part.offset = b.offset + k * chunked->chunkBytes;
+            part.size =
+                std::min(chunked->chunkBytes, b.size - k * chunked->chunkBytes);
+          }
+          if (part.size > target.maxStorageBufferRange)
+            fail(d.op,
+                 "binding " + std::to_string(out.bindings.size()) + " of " +
+                     out.op + " covers " + std::to_string(part.size) +
+                     " bytes, more than the storage buffer range of " +
+                     std::to_string(target.maxStorageBufferRange) + " bytes");
+          out.bindings.push_back(part);
+        }
       }
       // The kernel index is resolved after conversion, by name.
       out.kernel = 0;

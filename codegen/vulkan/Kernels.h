@@ -42,6 +42,8 @@ struct KernelTarget {
   int64_t logitsBlockBytes = int64_t(16) << 20;
   /// The largest range one storage buffer binding may cover.
   uint64_t maxStorageBufferRange = uint64_t(128) << 20;
+  /// The most storage buffers one kernel may bind.
+  uint32_t maxStorageBuffersPerKernel = 24;
 };
 
 /// One dispatch of a kernel: `kernel` names a gpu.module of `module` that

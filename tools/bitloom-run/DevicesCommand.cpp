@@ -92,6 +92,7 @@ nlohmann::ordered_json toJson(const DeviceInfo &d) {
   j["max_compute_work_group_invocations"] = d.maxComputeWorkGroupInvocations;
   j["max_compute_work_group_size"] = d.maxComputeWorkGroupSize;
   j["max_storage_buffer_range"] = d.maxStorageBufferRange;
+  j["max_storage_buffers_per_stage"] = d.maxPerStageDescriptorStorageBuffers;
   j["min_storage_buffer_offset_alignment"] = d.minStorageBufferOffsetAlignment;
   j["max_compute_work_group_count"] = d.maxComputeWorkGroupCount;
   j["max_push_constants_size"] = d.maxPushConstantsSize;
@@ -131,13 +132,14 @@ int runDevices(const DevicesArgs &args) {
                 driver.c_str());
     std::printf("   vendor %s, device %s, subgroup %u, shared memory %s, "
                 "workgroup invocations %u (%u x %u x %u), storage buffer "
-                "range %s, device-local heap %s\n",
+                "range %s (%u per kernel), device-local heap %s\n",
                 hex(d.vendorId).c_str(), hex(d.deviceId).c_str(),
                 d.subgroupSize,
                 formatBytes(d.maxComputeSharedMemorySize).c_str(),
                 d.maxComputeWorkGroupInvocations, d.maxComputeWorkGroupSize[0],
                 d.maxComputeWorkGroupSize[1], d.maxComputeWorkGroupSize[2],
                 formatBytes(d.maxStorageBufferRange).c_str(),
+                d.maxPerStageDescriptorStorageBuffers,
                 formatBytes(d.deviceLocalHeapSize).c_str());
     std::vector<std::string> f = features(d);
     std::printf("   features: %s\n", f.empty() ? "none" : join(f).c_str());

@@ -76,8 +76,9 @@ struct CompileArgs {
   std::string targets = "all";
   OptimizerOptions optimizer;
   int64_t maxTokens = 256;
-  std::string memoryBudget;     // CPU targets: "1.5GiB", "800MiB", bytes
-  int64_t recomputeLayers = -2; // -2: chosen for the budget; -1: all
+  std::string memoryBudget;       // CPU targets: "1.5GiB", "800MiB", bytes
+  std::string storageBufferRange; // Vulkan: largest binding, "64MiB", bytes
+  int64_t recomputeLayers = -2;   // -2: chosen for the budget; -1: all
   bool planOnly = false;
 };
 void addCompileCommand(CLI::App &app, CompileArgs &args);

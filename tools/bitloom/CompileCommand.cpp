@@ -85,6 +85,11 @@ void addCompileCommand(CLI::App &app, CompileArgs &args) {
       "--recompute-layers", args.recomputeLayers,
       "CPU and Vulkan targets: recompute this many decoder layers in the "
       "backward (-1: all) instead of choosing for the budget");
+  cmd->add_option(
+      "--storage-buffer-range", args.storageBufferRange,
+      "Vulkan targets: the largest range one buffer binding may cover, for "
+      "a device below its profile's (default: the profile's, e.g. 128MiB "
+      "for generic); larger tensors are split into several bindings");
   cmd->add_flag(
       "--plan-only", args.planOnly,
       "CPU and Vulkan targets: print the memory plan's totals and stop "
@@ -393,6 +398,17 @@ static int compileArtifact(CompileArgs &args, const Model &model,
     std::string profile = vulkanProfile(args.target);
     codegen::vulkan::KernelTarget kernelTarget =
         codegen::vulkan::kernelTargetForProfile(profile);
+    if (!args.storageBufferRange.empty()) {
+      uint64_t range =
+          parseBytes(args.storageBufferRange, "--storage-buffer-range");
+      if (range < 4096 || range > kernelTarget.maxStorageBufferRange)
+        throw FormatError(
+            "", "--storage-buffer-range",
+            "'" + args.storageBufferRange + "' is outside 4KiB.." +
+                std::to_string(kernelTarget.maxStorageBufferRange) +
+                " bytes (the " + profile + " profile's range)");
+      kernelTarget.maxStorageBufferRange = range;
+    }
     gpu =
         codegen::vulkan::compileForVulkan(module, kernelTarget, entries, bf16);
     compiled.functions = gpu.functions;
@@ -675,6 +691,9 @@ int runCompile(CompileArgs &args) {
                       "'" + args.target +
                           "' is not available yet (reference, cpu-x86_64, "
                           "cpu-arm64, vulkan, vulkan-<profile>)");
+  if (!isVulkanTarget(args.target) && !args.storageBufferRange.empty())
+    throw FormatError("", "--storage-buffer-range",
+                      "only Vulkan targets bind storage buffers");
   if (!artifact && (args.planOnly || !args.memoryBudget.empty() ||
                     args.recomputeLayers != -2))
     throw FormatError("",

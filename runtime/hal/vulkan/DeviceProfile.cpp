@@ -24,6 +24,9 @@ std::vector<DeviceProfile> makeProfiles() {
   generic.minComputeSharedMemorySize = 16 * KiB;
   generic.minComputeWorkGroupInvocations = 128;
   generic.minStorageBufferRange = 128 * MiB;
+  // The spec's floor is 4; 24 is what the oldest mobile drivers report
+  // (Adreno 5xx/6xx) and what the Android baseline profile asks.
+  generic.minStorageBuffersPerStage = 24;
   profiles.push_back(generic);
 
   // Qualcomm Adreno 6xx/7xx. Conservative values: the lowest reported by
@@ -40,6 +43,7 @@ std::vector<DeviceProfile> makeProfiles() {
   adreno.minComputeSharedMemorySize = 32 * KiB;
   adreno.minComputeWorkGroupInvocations = 1024;
   adreno.minStorageBufferRange = 512 * MiB;
+  adreno.minStorageBuffersPerStage = 24;
   profiles.push_back(adreno);
 
   // ARM Mali Valhall (G57/G77 and newer). Conservative values: subgroup 16
@@ -56,6 +60,7 @@ std::vector<DeviceProfile> makeProfiles() {
   mali.minComputeSharedMemorySize = 32 * KiB;
   mali.minComputeWorkGroupInvocations = 512;
   mali.minStorageBufferRange = 256 * MiB;
+  mali.minStorageBuffersPerStage = 24;
   profiles.push_back(mali);
 
   // NVIDIA Turing and newer on the proprietary driver: warp 32, DP4A
@@ -75,6 +80,7 @@ std::vector<DeviceProfile> makeProfiles() {
   nvidia.minComputeSharedMemorySize = 48 * KiB;
   nvidia.minComputeWorkGroupInvocations = 1024;
   nvidia.minStorageBufferRange = 4 * GiB - 1;
+  nvidia.minStorageBuffersPerStage = 1024;
   profiles.push_back(nvidia);
 
   // Mesa's lavapipe (llvmpipe), measured on an x86-64 AVX2 host with Mesa
@@ -98,6 +104,7 @@ std::vector<DeviceProfile> makeProfiles() {
   lavapipe.minComputeSharedMemorySize = 32 * KiB;
   lavapipe.minComputeWorkGroupInvocations = 1024;
   lavapipe.minStorageBufferRange = 128 * MiB;
+  lavapipe.minStorageBuffersPerStage = 32;
   profiles.push_back(lavapipe);
 
   return profiles;
@@ -177,6 +184,12 @@ std::vector<std::string> missingCapabilities(const DeviceInfo &device,
     missing.push_back("storage buffer range " +
                       formatBytes(device.maxStorageBufferRange) + " < " +
                       formatBytes(profile.minStorageBufferRange) + " required");
+  if (device.maxPerStageDescriptorStorageBuffers <
+      profile.minStorageBuffersPerStage)
+    missing.push_back(
+        "storage buffers per stage " +
+        std::to_string(device.maxPerStageDescriptorStorageBuffers) + " < " +
+        std::to_string(profile.minStorageBuffersPerStage) + " required");
   return missing;
 }
 

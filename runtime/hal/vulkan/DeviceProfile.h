@@ -34,6 +34,8 @@ struct DeviceProfile {
   uint32_t minComputeSharedMemorySize = 0;
   uint32_t minComputeWorkGroupInvocations = 0;
   uint64_t minStorageBufferRange = 0;
+  /// Storage buffers one kernel may bind (maxPerStageDescriptorStorageBuffers).
+  uint32_t minStorageBuffersPerStage = 0;
 };
 
 /// Every known profile: generic, adreno, mali, nvidia, lavapipe.

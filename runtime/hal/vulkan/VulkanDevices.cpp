@@ -260,6 +260,8 @@ DeviceInfo VulkanInstance::Impl::describe(VkPhysicalDevice device,
   for (int k = 0; k < 3; ++k)
     d.maxComputeWorkGroupSize[k] = limits.maxComputeWorkGroupSize[k];
   d.maxStorageBufferRange = limits.maxStorageBufferRange;
+  d.maxPerStageDescriptorStorageBuffers =
+      limits.maxPerStageDescriptorStorageBuffers;
   d.minStorageBufferOffsetAlignment = limits.minStorageBufferOffsetAlignment;
   for (int k = 0; k < 3; ++k)
     d.maxComputeWorkGroupCount[k] = limits.maxComputeWorkGroupCount[k];

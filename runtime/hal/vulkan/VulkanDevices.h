@@ -58,6 +58,7 @@ struct DeviceInfo {
   uint32_t maxComputeWorkGroupInvocations = 0;
   std::array<uint32_t, 3> maxComputeWorkGroupSize = {0, 0, 0};
   uint64_t maxStorageBufferRange = 0;
+  uint32_t maxPerStageDescriptorStorageBuffers = 0;
   /// Offsets of storage buffer bindings must be multiples of this.
   uint64_t minStorageBufferOffsetAlignment = 0;
   std::array<uint32_t, 3> maxComputeWorkGroupCount = {0, 0, 0};

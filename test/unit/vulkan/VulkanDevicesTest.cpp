@@ -34,6 +34,7 @@ DeviceInfo nvidiaLike() {
   d.maxComputeWorkGroupInvocations = 1024;
   d.maxComputeWorkGroupSize = {1024, 1024, 64};
   d.maxStorageBufferRange = 0xffffffffull;
+  d.maxPerStageDescriptorStorageBuffers = 1u << 20;
   return d;
 }
 
@@ -117,13 +118,15 @@ TEST(DeviceProfile, LimitsAreReported) {
   d.maxComputeSharedMemorySize = 16 * 1024;
   d.maxComputeWorkGroupInvocations = 256;
   d.maxStorageBufferRange = 128ull << 20;
+  d.maxPerStageDescriptorStorageBuffers = 16;
   d.shaderFloat16 = false;
   EXPECT_EQ(missingCapabilities(d, findProfile("nvidia")),
             (std::vector<std::string>{
                 "Vulkan 1.1 < 1.3 required", "no shaderFloat16",
                 "compute shared memory 16 KiB < 48 KiB required",
                 "workgroup invocations 256 < 1024 required",
-                "storage buffer range 128 MiB < 4 GiB - 1 B required"}));
+                "storage buffer range 128 MiB < 4 GiB - 1 B required",
+                "storage buffers per stage 16 < 1024 required"}));
 }
 
 TEST(DeviceProfile, GenericIsTheBaseline) {
@@ -133,6 +136,7 @@ TEST(DeviceProfile, GenericIsTheBaseline) {
   d.maxComputeSharedMemorySize = 16 * 1024;
   d.maxComputeWorkGroupInvocations = 128;
   d.maxStorageBufferRange = 128ull << 20;
+  d.maxPerStageDescriptorStorageBuffers = 24;
   EXPECT_TRUE(missingCapabilities(d, findProfile("generic")).empty());
   d.apiVersion = makeApiVersion(1, 0);
   EXPECT_EQ(missingCapabilities(d, findProfile("generic")),
