@@ -635,6 +635,25 @@ SmallVector<SplitArgument> splitOversizedArguments(gpu::GPUFuncOp func,
   return splits;
 }
 
+/// Whether a kernel may write `buffer` (an argument, or a view of one): a
+/// store or any use other than a load or a view (atomics, copies, ops not
+/// known here) counts. The runtime orders only dependent dispatches.
+bool mayWrite(Value buffer) {
+  for (Operation *user : buffer.getUsers()) {
+    if (isa<memref::LoadOp>(user))
+      continue;
+    if (isa<memref::SubViewOp, memref::CastOp, memref::ReinterpretCastOp,
+            memref::CollapseShapeOp, memref::ExpandShapeOp, memref::ViewOp>(
+            user)) {
+      if (mayWrite(user->getResult(0)))
+        return true;
+      continue;
+    }
+    return true;
+  }
+  return false;
+}
+
 /// What a dispatch runs, for inspection and profiles: the micro-kernel or
 /// the outlined kernel, and the model module it belongs to
 /// ("bitloom_uk_ternary_matmul model.layers.3.mlp.up_proj").
@@ -909,6 +928,14 @@ CompiledVulkanModule compileForVulkan(ModuleOp source,
               splitOversizedArguments(func, target.maxStorageBufferRange);
           !split.empty())
         splits[gpuModule.getName()] = std::move(split);
+  // Per kernel, which of its (split) arguments it may write.
+  llvm::StringMap<std::vector<bool>> written;
+  for (auto gpuModule : module->getOps<gpu::GPUModuleOp>())
+    for (auto func : gpuModule.getOps<gpu::GPUFuncOp>()) {
+      std::vector<bool> &flags = written[gpuModule.getName()];
+      for (BlockArgument arg : func.getArguments())
+        flags.push_back(mayWrite(arg));
+    }
   for (auto gpuModule : module->getOps<gpu::GPUModuleOp>())
     for (auto func : gpuModule.getOps<gpu::GPUFuncOp>())
       if (func.getNumArguments() > target.maxStorageBuffersPerKernel)
@@ -1003,6 +1030,9 @@ CompiledVulkanModule compileForVulkan(ModuleOp source,
       ArrayRef<SplitArgument> split;
       if (auto it = splits.find(d.kernel); it != splits.end())
         split = it->second;
+      auto writes = written.find(d.kernel);
+      if (writes == written.end())
+        fail(d.op, "dispatch of unknown kernel " + d.kernel);
       for (auto [argument, t] : llvm::enumerate(d.buffers)) {
         GpuBinding b;
         b.offset = t.offset;
@@ -1028,6 +1058,9 @@ CompiledVulkanModule compileForVulkan(ModuleOp source,
             part.size =
                 std::min(chunked->chunkBytes, b.size - k * chunked->chunkBytes);
           }
+          size_t position = out.bindings.size();
+          part.written = position >= writes->second.size() ||
+                         writes->second[position];
           if (part.size > target.maxStorageBufferRange)
             fail(d.op,
                  "binding " + std::to_string(out.bindings.size()) + " of " +

@@ -36,6 +36,8 @@ struct GpuBinding {
   /// include weights, in FunctionSignature::args order).
   uint32_t index = 0;
   uint64_t offset = 0, size = 0;
+  /// Whether the kernel may write the range (else it only reads it).
+  bool written = true;
 };
 
 struct GpuDispatch {

@@ -611,6 +611,10 @@ static int compileArtifact(CompileArgs &args, const Model &model,
           blm::BindingInfo binding = dispatch.bindings.at(position);
           binding.offset = b.offset;
           binding.size = b.size;
+          // What this kernel does with the range (the runtime orders only
+          // dependent dispatches), not what the entry point does with it.
+          binding.access =
+              b.written ? blm::Access::ReadWrite : blm::Access::Read;
           g.bindings.push_back(binding);
         }
         entry.dispatches.push_back(std::move(g));

@@ -321,22 +321,50 @@ struct SequenceState {
   /// What the recorded commands refer to, kept alive as long as they are.
   std::vector<std::shared_ptr<PipelineState>> pipelines;
   std::vector<std::shared_ptr<BufferState>> buffers;
-  size_t dispatches = 0;
+  size_t dispatches = 0, dispatchBarriers = 0;
   Op last = Op::None;
+  /// Byte ranges the dispatches since the last barrier read or wrote.
+  struct Touched {
+    VkBuffer buffer;
+    uint64_t begin, end;
+    bool write;
+  };
+  std::vector<Touched> pending;
+  bool orderAll = false;
   bool finished = false;
   /// Timestamp queries (profiling sequences only): the pool, its size and
   /// how many are recorded.
   VkQueryPool queries = VK_NULL_HANDLE;
   uint32_t maxTimestamps = 0, timestamps = 0;
 
-  /// Orders the command about to be recorded after the previous one.
-  void barrierBefore(Op next) {
-    if (last == Op::Dispatch && next == Op::Dispatch)
-      barrier(dev->fn, cb, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
-              VK_ACCESS_SHADER_WRITE_BIT, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
-              VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT);
-    else if (last != Op::None)
-      barrier(dev->fn, cb, kAnyStage, kAnyWrite, kAnyStage, kAnyAccess);
+  /// Orders the command about to be recorded after the previous ones: a
+  /// dispatch after dispatches only where `touched` (its ranges) conflicts
+  /// with theirs; anything else after a full barrier.
+  void barrierBefore(Op next, const std::vector<Touched> &touched = {}) {
+    if (last == Op::Dispatch && next == Op::Dispatch) {
+      auto conflicts = [&] {
+        for (const Touched &t : touched)
+          for (const Touched &p : pending)
+            if (t.buffer == p.buffer && t.begin < p.end && p.begin < t.end &&
+                (t.write || p.write))
+              return true;
+        return false;
+      };
+      if (orderAll || queries != VK_NULL_HANDLE || conflicts()) {
+        barrier(dev->fn, cb, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+                VK_ACCESS_SHADER_WRITE_BIT,
+                VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+                VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT);
+        ++dispatchBarriers;
+        pending.clear();
+      }
+    } else {
+      if (last != Op::None)
+        barrier(dev->fn, cb, kAnyStage, kAnyWrite, kAnyStage, kAnyAccess);
+      pending.clear();
+    }
+    if (next == Op::Dispatch)
+      pending.insert(pending.end(), touched.begin(), touched.end());
     last = next;
   }
 
@@ -1090,7 +1118,8 @@ void CommandSequence::dispatch(const Pipeline &pipeline,
                                const std::vector<BufferRange> &buffers,
                                const void *pushConstants, size_t pushBytes,
                                uint32_t groupsX, uint32_t groupsY,
-                               uint32_t groupsZ) {
+                               uint32_t groupsZ,
+                               const std::vector<bool> &writes) {
   if (!state)
     throw VulkanError("dispatch: the sequence was not made by record()");
   if (state->finished)
@@ -1152,9 +1181,21 @@ void CommandSequence::dispatch(const Pipeline &pipeline,
         std::to_string(maxGroups[0]) + " x " + std::to_string(maxGroups[1]) +
         " x " + std::to_string(maxGroups[2]) + ")");
 
+  if (!writes.empty() && writes.size() != buffers.size())
+    throw VulkanError("dispatch: " + std::to_string(writes.size()) +
+                      " write flags for " + std::to_string(buffers.size()) +
+                      " buffers");
   const Fns &fn = dev.fn;
   VkCommandBuffer cb = state->cb;
-  state->barrierBefore(SequenceState::Op::Dispatch);
+  std::vector<SequenceState::Touched> touched;
+  for (size_t k = 0; k < buffers.size(); ++k) {
+    const BufferRange &r = buffers[k];
+    uint64_t end = r.size == BufferRange::kWholeSize ? r.buffer.size()
+                                                     : r.offset + r.size;
+    touched.push_back({r.buffer.state->buffer, r.offset, end,
+                       writes.empty() || writes[k]});
+  }
+  state->barrierBefore(SequenceState::Op::Dispatch, touched);
 
   fn.CmdBindPipeline(cb, VK_PIPELINE_BIND_POINT_COMPUTE, p.pipeline);
   if (p.numBuffers > 0) {
@@ -1252,6 +1293,17 @@ void CommandSequence::finish() {
 }
 
 bool CommandSequence::finished() const { return state && state->finished; }
+
+void CommandSequence::orderEveryDispatch() {
+  if (!state)
+    throw VulkanError("orderEveryDispatch: the sequence was not made by "
+                      "record()");
+  state->orderAll = true;
+}
+
+size_t CommandSequence::numDispatchBarriers() const {
+  return state ? state->dispatchBarriers : 0;
+}
 
 void CommandSequence::timestamp() {
   if (!state)

@@ -134,15 +134,25 @@ public:
   CommandSequence() = default;
   explicit operator bool() const { return state != nullptr; }
   /// Records a dispatch of `pipeline` over `buffers` (binding k gets the
-  /// range buffers[k]) with `pushBytes` bytes of push constants. A memory
-  /// barrier separates it from the previous command. Each range must lie
+  /// range buffers[k]) with `pushBytes` bytes of push constants. `writes`
+  /// says which ranges the kernel may write (empty: all of them). A memory
+  /// barrier orders it after the dispatches since the last barrier when it
+  /// reads what they write or writes what they touch (RAW, WAR, WAW);
+  /// independent dispatches run concurrently. In a sequence with
+  /// timestamps, or one recorded with orderEveryDispatch, a barrier
+  /// separates every command from the previous one. Each range must lie
   /// inside its buffer, start at a multiple of the device's
   /// minStorageBufferOffsetAlignment and span at most maxStorageBufferRange
   /// bytes (VulkanError naming the binding otherwise).
   void dispatch(const Pipeline &pipeline,
                 const std::vector<BufferRange> &buffers,
                 const void *pushConstants, size_t pushBytes, uint32_t groupsX,
-                uint32_t groupsY = 1, uint32_t groupsZ = 1);
+                uint32_t groupsY = 1, uint32_t groupsZ = 1,
+                const std::vector<bool> &writes = {});
+  /// Barriers between all commands, dependent or not (for A/B timing).
+  void orderEveryDispatch();
+  /// Barriers recorded between dispatches so far.
+  size_t numDispatchBarriers() const;
   /// Records a copy of `bytes` bytes from `src` at `srcOffset` to `dst` at
   /// `dstOffset` (the runtime's staging in and out of a replayed step),
   /// after a barrier on the previous command.

@@ -529,6 +529,7 @@ VulkanExecutor::prepare(const std::string &name,
     ExecutorEntry::Resolved r;
     std::vector<BufferRange> &ranges = r.ranges;
     ranges.assign(nbindings, BufferRange());
+    r.writes.assign(nbindings, true);
     for (size_t k = 0; k < nbindings; ++k) {
       const blm::fb::Binding &b = *dp.bindings()->Get(uint32_t(k));
       const std::string bfield = field + ", binding " + num(k);
@@ -588,6 +589,7 @@ VulkanExecutor::prepare(const std::string &name,
                               " bytes does not fit " + what + " (" +
                               num(limit) + " bytes)");
       ranges[k] = BufferRange(base.buffer, base.offset + b.offset(), size);
+      r.writes[k] = b.access() != blm::Access::Read;
     }
     if (dp.constants())
       r.constants.assign(dp.constants()->begin(), dp.constants()->end());
@@ -619,6 +621,11 @@ CommandSequence VulkanExecutor::recordEntry(const ExecutorEntry &entry,
                                             bool timestamps) {
   const size_t n = entry.resolved_.size();
   CommandSequence seq = ctx_->record(timestamps ? uint32_t(n + 3) : 0);
+  // A barrier between every two dispatches, as before dependency tracking
+  // (for timing the difference).
+  if (const char *full = std::getenv("BITLOOM_VULKAN_FULL_BARRIERS");
+      full && *full && std::string(full) != "0")
+    seq.orderEveryDispatch();
   auto mark = [&] {
     if (timestamps)
       seq.timestamp();
@@ -635,7 +642,7 @@ CommandSequence VulkanExecutor::recordEntry(const ExecutorEntry &entry,
     const uint32_t *g = entry.info_[d].groups;
     try {
       seq.dispatch(r.pipeline, r.ranges, r.constants.data(),
-                   r.constants.size() * 4, g[0], g[1], g[2]);
+                   r.constants.size() * 4, g[0], g[1], g[2], r.writes);
     } catch (const VulkanError &e) {
       const blm::fb::EntryPoint &ep = artifact_.entryPoint(entry.index_);
       rethrow(e,

@@ -156,6 +156,7 @@ private:
   struct Resolved {
     Pipeline pipeline;
     std::vector<BufferRange> ranges;
+    std::vector<bool> writes; // per range: whether the kernel may write it
     std::vector<uint32_t> constants;
   };
   struct Tensor {

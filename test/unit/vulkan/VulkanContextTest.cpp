@@ -162,6 +162,77 @@ TEST_F(VulkanContextTest, SaxpyRecordedOnceReplayedThreeTimes) {
   EXPECT_EQ(mismatches, 0u);
 }
 
+// Barriers only where a dispatch depends on one since the last barrier:
+// saxpy reads x (binding 0) and writes y (binding 1).
+TEST_F(VulkanContextTest, BarriersOnlyBetweenDependentDispatches) {
+  const uint32_t n = 4096;
+  Pipeline saxpy =
+      ctx->createPipeline(loadShader("saxpy"), 2, sizeof(SaxpyPush));
+  Buffer x = ctx->allocate(n * 4), y1 = ctx->allocate(n * 4),
+         y2 = ctx->allocate(n * 4), y3 = ctx->allocate(2 * n * 4);
+  std::vector<float> xv = values(n, 11), yv = values(n, 12);
+  ctx->upload(x, xv.data(), n * 4);
+  for (const Buffer &b : {y1, y2})
+    ctx->upload(b, yv.data(), n * 4);
+  ctx->upload(y3, yv.data(), n * 4);
+  ctx->upload(y3, yv.data(), n * 4, n * 4);
+  const SaxpyPush push{2.0f, n};
+  const std::vector<bool> readX = {false, true};
+  CommandSequence step = ctx->record();
+  // Both read x and write their own y: independent.
+  step.dispatch(saxpy, {x, y1}, &push, sizeof push, groupsFor(n), 1, 1,
+                readX);
+  step.dispatch(saxpy, {x, y2}, &push, sizeof push, groupsFor(n), 1, 1,
+                readX);
+  EXPECT_EQ(step.numDispatchBarriers(), 0u);
+  // Reads y1, written above (RAW): a barrier.
+  step.dispatch(saxpy, {y1, y2}, &push, sizeof push, groupsFor(n), 1, 1,
+                readX);
+  EXPECT_EQ(step.numDispatchBarriers(), 1u);
+  // Disjoint halves of one buffer do not conflict; the second write into
+  // the first half (WAW) does.
+  step.dispatch(saxpy, {x, BufferRange(y3, 0, n * 4)}, &push, sizeof push,
+                groupsFor(n), 1, 1, readX);
+  step.dispatch(saxpy, {x, BufferRange(y3, n * 4, n * 4)}, &push,
+                sizeof push, groupsFor(n), 1, 1, readX);
+  EXPECT_EQ(step.numDispatchBarriers(), 1u);
+  step.dispatch(saxpy, {x, BufferRange(y3, 0, n * 4)}, &push, sizeof push,
+                groupsFor(n), 1, 1, readX);
+  EXPECT_EQ(step.numDispatchBarriers(), 2u);
+  // Without write flags every binding counts as written: x (read by all
+  // since the last barrier) conflicts.
+  step.dispatch(saxpy, {x, y1}, &push, sizeof push, groupsFor(n));
+  EXPECT_EQ(step.numDispatchBarriers(), 3u);
+  ctx->submitAndWait(step);
+
+  std::vector<float> e1 = yv, e2 = yv, e3 = yv, e3b = yv;
+  saxpyReference(2.0f, xv, e1);
+  saxpyReference(2.0f, xv, e2);
+  saxpyReference(2.0f, e1, e2);
+  saxpyReference(2.0f, xv, e3);
+  saxpyReference(2.0f, xv, e3b);
+  saxpyReference(2.0f, xv, e3);
+  saxpyReference(2.0f, xv, e1);
+  std::vector<float> got(n);
+  ctx->download(y1, got.data(), n * 4);
+  EXPECT_EQ(got, e1);
+  ctx->download(y2, got.data(), n * 4);
+  EXPECT_EQ(got, e2);
+  std::vector<float> both(2 * n);
+  ctx->download(y3, both.data(), 2 * n * 4);
+  EXPECT_EQ(std::vector<float>(both.begin(), both.begin() + n), e3);
+  EXPECT_EQ(std::vector<float>(both.begin() + n, both.end()), e3b);
+
+  // Every dispatch ordered when asked (for timing), or when timed.
+  CommandSequence ordered = ctx->record();
+  ordered.orderEveryDispatch();
+  ordered.dispatch(saxpy, {x, y1}, &push, sizeof push, groupsFor(n), 1, 1,
+                   readX);
+  ordered.dispatch(saxpy, {x, y2}, &push, sizeof push, groupsFor(n), 1, 1,
+                   readX);
+  EXPECT_EQ(ordered.numDispatchBarriers(), 1u);
+}
+
 TEST_F(VulkanContextTest, OneShotDispatchOnHostVisibleBuffers) {
   const uint32_t n = 130;
   std::vector<float> x = values(n, 3), y = values(n, 4);
