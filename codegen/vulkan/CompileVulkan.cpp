@@ -49,6 +49,7 @@ KernelTarget kernelTargetForProfile(const std::string &name) {
   t.int8Arithmetic = p.shaderInt8;
   t.storage8Bit = p.storageBuffer8BitAccess;
   t.integerDotProduct = p.integerDotProduct;
+  t.cooperativeMatrixInt8 = p.cooperativeMatrixInt8 && p.minSubgroupSize == 32;
   // Where the profile has f64, kernels keep the CPU targets' f64
   // accumulations (and quantize exactly as they do); elsewhere (phones)
   // they demote them to f32.

@@ -36,6 +36,10 @@ struct KernelTarget {
   bool int8Arithmetic = false;    // shaderInt8
   bool storage8Bit = false;       // 8-bit storage buffer access
   bool integerDotProduct = false; // SPV_KHR_integer_dot_product
+  /// SPV_KHR_cooperative_matrix with a subgroup-scope 16x16x32 int8 product
+  /// into int32, on 32-lane subgroups (the ternary forward's tensor-core
+  /// kernel).
+  bool cooperativeMatrixInt8 = false;
   bool float64 = true;            // shaderFloat64
   /// Most bytes of the fused LM head's block of logits: GPUs with memory to
   /// spare take bigger (fewer, better-filled) products.

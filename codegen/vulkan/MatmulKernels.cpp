@@ -558,6 +558,168 @@ int64_t ternarySharedBytes(const Config &c) {
   return 4 * c.splits * std::max(ternaryGroupWords(c), reduction);
 }
 
+//===----------------------------------------------------------------------===//
+// Ternary forward on cooperative matrices (tensor cores)
+//===----------------------------------------------------------------------===//
+//
+// Where the target has SPV_KHR_cooperative_matrix's 16x16x32 int8 product:
+// the same staging as above (xq words per row, weights unpacked to signed
+// bytes per output column, both k-contiguous), rows padded to kStageStride
+// words, then each 32-lane subgroup of the 128-invocation workgroup
+// multiplies a 32 x 32 block of the 64 x 64 tile as 2 x 2 cooperative
+// int32 accumulators: A (16 x 32 bytes of xq) row-major from the xq stage,
+// B (32 x 16 weight bytes) column-major from the weight stage. The sums go
+// through shared memory to an epilogue that applies the row factor exactly
+// as the CPU does. Integer products and sums are exact, so the result is
+// the scalar kernels' bit for bit.
+
+constexpr int64_t kCoopTileM = 64, kCoopTileN = 64, kCoopThreads = 128;
+/// Words per staged row: one packed block (32 words) and 4 words of padding
+/// (rows 144 bytes apart: 16-byte aligned, and the staging stores of a
+/// subgroup spread over the banks).
+constexpr int64_t kStageStride = 36;
+constexpr int64_t kOutStride = kCoopTileN + 4;
+
+/// Whether the cooperative kernel takes this product.
+bool coopTernaryApplies(const KernelTarget &target, int64_t m, int64_t n,
+                        int64_t k) {
+  if (const char *off = std::getenv("BITLOOM_VULKAN_NO_COOPERATIVE_MATRIX");
+      off && *off && std::string(off) != "0")
+    return false;
+  return target.cooperativeMatrixInt8 && target.subgroupSize == 32 &&
+         target.maxWorkgroupInvocations >= kCoopThreads &&
+         target.sharedMemoryBytes >=
+             4 * std::max((kCoopTileM + kCoopTileN) * kStageStride,
+                          kCoopTileM * kOutStride) &&
+         m % kCoopTileM == 0 && n % kCoopTileN == 0 && k % 128 == 0;
+}
+
+void buildTernaryMatmulCoop(gpu::GPUFuncOp fn, Location loc, int64_t m,
+                            int64_t n, int64_t k) {
+  MLIRContext *ctx = fn.getContext();
+  ImplicitLocOpBuilder b(loc, ctx);
+  b.setInsertionPointToStart(&fn.getBody().front());
+  Emit e{b};
+  Type i32 = b.getI32Type();
+  Type si8 = IntegerType::get(ctx, 8, IntegerType::Signed);
+  auto aType = gpu::MMAMatrixType::get({16, 32}, si8, "AOp");
+  auto bType = gpu::MMAMatrixType::get({32, 16}, si8, "BOp");
+  auto cType = gpu::MMAMatrixType::get({16, 16}, i32, "COp");
+  int64_t kWords = k / 4, blocks = k / 128;
+  Value xArg = fn.getArgument(0), wArg = fn.getArgument(1),
+        fArg = fn.getArgument(2), yArg = fn.getArgument(3);
+
+  Value tid = gpu::ThreadIdOp::create(b, gpu::Dimension::x);
+  Value subgroup = e.divU(tid, 32);
+  Value blockRow = e.mul(e.divU(subgroup, 2), 32);
+  Value blockCol = e.mul(e.remU(subgroup, 2), 32);
+  Value col0 = e.mul(gpu::BlockIdOp::create(b, gpu::Dimension::x), kCoopTileN);
+  Value row0 = e.mul(gpu::BlockIdOp::create(b, gpu::Dimension::y), kCoopTileM);
+  int64_t stageWords = (kCoopTileM + kCoopTileN) * kStageStride;
+  Value shared = memref::AllocOp::create(
+      b, sharedType(ctx, std::max(stageWords, kCoopTileM * kOutStride), i32));
+  int64_t weightStage = kCoopTileM * kStageStride;
+
+  // Global loads of chunk `chunk`: 16 xq words and 4 packed weight words
+  // per invocation.
+  auto fetch = [&](Value chunk) {
+    SmallVector<Value> v;
+    for (int64_t s = 0; s < kCoopTileM * 32 / kCoopThreads; ++s) {
+      Value item = e.add(tid, s * kCoopThreads);
+      Value row = e.divU(item, 32), q = e.remU(item, 32);
+      v.push_back(e.load(xArg, e.add(e.mul(e.add(row0, row), kWords),
+                                     e.add(e.mul(chunk, 32), q))));
+    }
+    for (int64_t s = 0; s < kCoopTileN * 8 / kCoopThreads; ++s) {
+      Value item = e.add(tid, s * kCoopThreads);
+      Value col = e.divU(item, 8), wq = e.remU(item, 8);
+      v.push_back(e.load(wArg, e.add(e.mul(e.add(col0, col), blocks * 8),
+                                     e.add(e.mul(chunk, 8), wq))));
+    }
+    return v;
+  };
+  auto put = [&](ValueRange v) {
+    size_t next = 0;
+    for (int64_t s = 0; s < kCoopTileM * 32 / kCoopThreads; ++s) {
+      Value item = e.add(tid, s * kCoopThreads);
+      Value row = e.divU(item, 32), q = e.remU(item, 32);
+      e.store(v[next++], shared, e.add(e.mul(row, kStageStride), q));
+    }
+    for (int64_t s = 0; s < kCoopTileN * 8 / kCoopThreads; ++s) {
+      Value item = e.add(tid, s * kCoopThreads);
+      Value col = e.divU(item, 8), wq = e.remU(item, 8);
+      Value word = v[next++];
+      for (int64_t lane = 0; lane < 4; ++lane) {
+        // Columns 32·lane + 4·wq + 0..3 as signed bytes (see above).
+        Value f = e.andI(e.shrU(word, e.i32(2 * lane)), e.i32(0x03030303));
+        f = e.xorI(e.sub(e.orI(f, e.i32(0x80808080)), e.i32(0x01010101)),
+                   e.i32(0x80808080));
+        e.store(f, shared,
+                e.add(e.add(e.mul(col, kStageStride), wq),
+                      weightStage + 8 * lane));
+      }
+    }
+  };
+  auto lead = [&](int64_t words) { return b.getIndexAttr(words); };
+
+  Value zero = gpu::SubgroupMmaConstantMatrixOp::create(b, cType, e.i32(0));
+  SmallVector<Value> init(4, zero);
+  llvm::append_range(init, fetch(e.idx(0)));
+  SmallVector<Value> results =
+      e.loop(0, blocks, 1, init, [&](Value chunk, ValueRange carried) {
+        put(carried.drop_front(4));
+        gpu::BarrierOp::create(b);
+        // The next chunk's loads are in flight during the products (the
+        // last chunk re-reads itself and drops it).
+        Value ahead = arith::MinUIOp::create(b, e.add(chunk, 1),
+                                             e.idx(blocks - 1));
+        SmallVector<Value> next = fetch(ahead);
+        SmallVector<Value> acc(carried.take_front(4));
+        for (int64_t step = 0; step < 4; ++step) {
+          Value a[2], bm[2];
+          for (int64_t i = 0; i < 2; ++i)
+            a[i] = gpu::SubgroupMmaLoadMatrixOp::create(
+                b, aType, shared,
+                ValueRange{e.add(e.mul(e.add(blockRow, 16 * i), kStageStride),
+                                 8 * step)},
+                lead(kStageStride), UnitAttr());
+          for (int64_t j = 0; j < 2; ++j)
+            bm[j] = gpu::SubgroupMmaLoadMatrixOp::create(
+                b, bType, shared,
+                ValueRange{e.add(e.mul(e.add(blockCol, 16 * j), kStageStride),
+                                 weightStage + 8 * step)},
+                lead(kStageStride), b.getUnitAttr());
+          for (int64_t i = 0; i < 2; ++i)
+            for (int64_t j = 0; j < 2; ++j)
+              acc[2 * i + j] = gpu::SubgroupMmaComputeOp::create(
+                  b, a[i], bm[j], acc[2 * i + j], UnitAttr(), UnitAttr());
+        }
+        // The next chunk's stores overwrite what the products read.
+        gpu::BarrierOp::create(b);
+        llvm::append_range(acc, next);
+        return acc;
+      });
+
+  // The sums through shared memory (the stages are free), then the row
+  // factor, exactly the CPU's (float)sum · rowFactor[i].
+  for (int64_t i = 0; i < 2; ++i)
+    for (int64_t j = 0; j < 2; ++j)
+      gpu::SubgroupMmaStoreMatrixOp::create(
+          b, results[2 * i + j], shared,
+          ValueRange{e.add(e.mul(e.add(blockRow, 16 * i), kOutStride),
+                           e.add(blockCol, 16 * j))},
+          lead(kOutStride), UnitAttr());
+  gpu::BarrierOp::create(b);
+  for (int64_t s = 0; s < kCoopTileM * kCoopTileN / kCoopThreads; ++s) {
+    Value item = e.add(tid, s * kCoopThreads);
+    Value row = e.divU(item, kCoopTileN), col = e.remU(item, kCoopTileN);
+    Value sum = e.load(shared, e.add(e.mul(row, kOutStride), col));
+    Value gRow = e.add(row0, row);
+    Value v = e.mul(e.toF32(sum), e.load(fArg, gRow));
+    e.store(v, yArg, e.add(e.mul(gRow, n), e.add(col0, col)));
+  }
+}
+
 LogicalResult buildTernaryMatmul(func::CallOp call, ModuleOp module,
                                  const KernelTarget &target,
                                  SmallVector<KernelDispatch> &dispatches) {
@@ -582,6 +744,22 @@ LogicalResult buildTernaryMatmul(func::CallOp call, ModuleOp module,
     return failure();
 
   int64_t kWords = *k / 4, blocks = rowBytes / 32;
+  MLIRContext *ctx = module.getContext();
+  Type i32 = IntegerType::get(ctx, 32), f32 = Float32Type::get(ctx);
+  SmallVector<Type> argTypes = {
+      bufferType(*m * kWords, i32), bufferType(*n * rowBytes / 4, i32),
+      bufferType(*m, f32), bufferType(*m * *n, f32)};
+  if (coopTernaryApplies(target, *m, *n, *k)) {
+    std::string name = llvm::formatv(
+        "bitloom_ternary_matmul_m{0}_n{1}_k{2}_coop{3}x{4}", *m, *n, *k,
+        kCoopTileM, kCoopTileN);
+    dispatches.push_back({name,
+                          {*n / kCoopTileN, *m / kCoopTileM, 1},
+                          {xq->value, w->value, rowFactor->value, y->value}});
+    if (gpu::GPUFuncOp fn = createKernel(module, name, argTypes, kCoopThreads))
+      buildTernaryMatmulCoop(fn, call.getLoc(), *m, *n, *k);
+    return success();
+  }
   bool dot = target.integerDotProduct;
   // The xq staging swizzle needs 32-row groups.
   std::optional<Config> picked = pickConfig(
@@ -598,13 +776,7 @@ LogicalResult buildTernaryMatmul(func::CallOp call, ModuleOp module,
                         {ceilDiv(*n, t.bn), ceilDiv(*m, t.bm), 1},
                         {xq->value, w->value, rowFactor->value, y->value}});
 
-  MLIRContext *ctx = module.getContext();
-  Type i32 = IntegerType::get(ctx, 32), f32 = Float32Type::get(ctx);
-  gpu::GPUFuncOp fn = createKernel(
-      module, name,
-      {bufferType(*m * kWords, i32), bufferType(*n * rowBytes / 4, i32),
-       bufferType(*m, f32), bufferType(*m * *n, f32)},
-      t.threads());
+  gpu::GPUFuncOp fn = createKernel(module, name, argTypes, t.threads());
   if (!fn)
     return success();
   ImplicitLocOpBuilder b(call.getLoc(), ctx);

@@ -67,6 +67,8 @@ std::vector<std::string> features(const DeviceInfo &d) {
     f.push_back("int8 dot product");
   else if (d.integerDotProductExtension)
     f.push_back("VK_KHR_shader_integer_dot_product (feature off)");
+  if (d.cooperativeMatrixInt8)
+    f.push_back("int8 cooperative matrix");
   return f;
 }
 
@@ -88,6 +90,7 @@ nlohmann::ordered_json toJson(const DeviceInfo &d) {
   j["storage_buffer_16bit_access"] = d.storageBuffer16BitAccess;
   j["integer_dot_product_extension"] = d.integerDotProductExtension;
   j["integer_dot_product"] = d.integerDotProduct;
+  j["cooperative_matrix_int8"] = d.cooperativeMatrixInt8;
   j["max_compute_shared_memory_size"] = d.maxComputeSharedMemorySize;
   j["max_compute_work_group_invocations"] = d.maxComputeWorkGroupInvocations;
   j["max_compute_work_group_size"] = d.maxComputeWorkGroupSize;

@@ -77,6 +77,7 @@ std::vector<DeviceProfile> makeProfiles() {
   nvidia.storageBuffer8BitAccess = true;
   nvidia.storageBuffer16BitAccess = true;
   nvidia.integerDotProduct = true;
+  nvidia.cooperativeMatrixInt8 = true;
   nvidia.minComputeSharedMemorySize = 48 * KiB;
   nvidia.minComputeWorkGroupInvocations = 1024;
   nvidia.minStorageBufferRange = 4 * GiB - 1;
@@ -169,6 +170,9 @@ std::vector<std::string> missingCapabilities(const DeviceInfo &device,
       missing.push_back("VK_KHR_shader_integer_dot_product present but "
                         "shaderIntegerDotProduct is not supported");
   }
+  if (profile.cooperativeMatrixInt8 && !device.cooperativeMatrixInt8)
+    missing.push_back("no VK_KHR_cooperative_matrix with a 16x16x32 int8 "
+                      "subgroup product");
   if (device.maxComputeSharedMemorySize < profile.minComputeSharedMemorySize)
     missing.push_back("compute shared memory " +
                       formatBytes(device.maxComputeSharedMemorySize) + " < " +

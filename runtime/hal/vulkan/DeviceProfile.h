@@ -31,6 +31,8 @@ struct DeviceProfile {
   bool storageBuffer16BitAccess = false;
   /// VK_KHR_shader_integer_dot_product (or Vulkan 1.3) with its feature.
   bool integerDotProduct = false;
+  /// VK_KHR_cooperative_matrix's 16x16x32 int8 product (tensor cores).
+  bool cooperativeMatrixInt8 = false;
   uint32_t minComputeSharedMemorySize = 0;
   uint32_t minComputeWorkGroupInvocations = 0;
   uint64_t minStorageBufferRange = 0;

@@ -1,5 +1,6 @@
 //===- VulkanContext.cpp - Vulkan device, buffers and compute -------------===//
 #include "hal/vulkan/VulkanContext.h"
+#include "hal/vulkan/CooperativeMatrix.h"
 
 #include "formats/Error.h"
 #include "formats/MappedFile.h"
@@ -521,6 +522,8 @@ VulkanContext::VulkanContext(uint32_t deviceIndex,
        "storageBuffer16BitAccess");
   need(features.integerDotProduct, info.integerDotProduct,
        "shaderIntegerDotProduct");
+  need(features.cooperativeMatrix, info.cooperativeMatrixInt8,
+       "VK_KHR_cooperative_matrix (16x16x32 int8)");
   if (!lacking.empty())
     throw VulkanError("Vulkan device " + std::to_string(deviceIndex) + " (" +
                       info.name + ") lacks " + lacking);
@@ -564,6 +567,15 @@ VulkanContext::VulkanContext(uint32_t deviceIndex,
     chain = &dot;
     if (version < VK_API_VERSION_1_3)
       extensions.push_back(VK_KHR_SHADER_INTEGER_DOT_PRODUCT_EXTENSION_NAME);
+  }
+  VkPhysicalDeviceCooperativeMatrixFeaturesKHR cooperative{};
+  cooperative.sType =
+      VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_KHR;
+  if (features.cooperativeMatrix) {
+    cooperative.cooperativeMatrix = VK_TRUE;
+    cooperative.pNext = chain;
+    chain = &cooperative;
+    extensions.push_back(VK_KHR_COOPERATIVE_MATRIX_EXTENSION_NAME);
   }
   VkPhysicalDeviceFeatures core{};
   core.shaderFloat64 = features.shaderFloat64;

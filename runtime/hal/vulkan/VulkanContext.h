@@ -188,6 +188,7 @@ struct DeviceFeatures {
   bool storageBuffer8BitAccess = false;
   bool storageBuffer16BitAccess = false;
   bool integerDotProduct = false;
+  bool cooperativeMatrix = false; ///< VK_KHR_cooperative_matrix
 };
 
 /// Whether the context's compute queue can write timestamp queries

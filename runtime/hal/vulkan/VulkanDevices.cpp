@@ -1,5 +1,6 @@
 //===- VulkanDevices.cpp - Vulkan instance and device enumeration ---------===//
 #include "hal/vulkan/VulkanDevices.h"
+#include "hal/vulkan/CooperativeMatrix.h"
 
 #define VK_NO_PROTOTYPES
 #include <vulkan/vulkan.h>
@@ -91,6 +92,8 @@ struct Api {
   PFN_vkGetPhysicalDeviceFeatures2 getFeatures2 = nullptr;
   PFN_vkGetPhysicalDeviceMemoryProperties getMemoryProperties = nullptr;
   PFN_vkEnumerateDeviceExtensionProperties enumerateDeviceExtensions = nullptr;
+  /// VK_KHR_cooperative_matrix's query; null where the loader lacks it.
+  PFN_vkVoidFunction getCooperativeMatrixProperties = nullptr;
 };
 
 template <typename Fn>
@@ -196,6 +199,8 @@ VulkanInstance::VulkanInstance(const std::string &loaderPath)
   api.enumerateDeviceExtensions =
       load<PFN_vkEnumerateDeviceExtensionProperties>(
           api, inst, "vkEnumerateDeviceExtensionProperties");
+  api.getCooperativeMatrixProperties = api.getInstanceProcAddr(
+      inst, "vkGetPhysicalDeviceCooperativeMatrixPropertiesKHR");
 }
 
 VulkanInstance::~VulkanInstance() = default;
@@ -291,6 +296,9 @@ DeviceInfo VulkanInstance::Impl::describe(VkPhysicalDevice device,
   d.integerDotProductExtension =
       v13 || hasExtension(extensions,
                           VK_KHR_SHADER_INTEGER_DOT_PRODUCT_EXTENSION_NAME);
+  const bool hasCooperativeMatrix =
+      api.getCooperativeMatrixProperties &&
+      hasExtension(extensions, VK_KHR_COOPERATIVE_MATRIX_EXTENSION_NAME);
 
   // Properties: subgroup (1.1 core) and driver (1.2 / KHR).
   VkPhysicalDeviceSubgroupProperties subgroup{};
@@ -339,6 +347,13 @@ DeviceInfo VulkanInstance::Impl::describe(VkPhysicalDevice device,
     *tail = &dot;
     tail = &dot.pNext;
   }
+  VkPhysicalDeviceCooperativeMatrixFeaturesKHR cooperative{};
+  cooperative.sType =
+      VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_KHR;
+  if (hasCooperativeMatrix) {
+    *tail = &cooperative;
+    tail = &cooperative.pNext;
+  }
   api.getFeatures2(device, &features2);
   d.storageBuffer16BitAccess = storage16.storageBuffer16BitAccess;
   d.storageBuffer8BitAccess = storage8.storageBuffer8BitAccess;
@@ -346,6 +361,28 @@ DeviceInfo VulkanInstance::Impl::describe(VkPhysicalDevice device,
   d.shaderInt8 = float16Int8.shaderInt8;
   d.shaderFloat64 = features2.features.shaderFloat64;
   d.integerDotProduct = dot.shaderIntegerDotProduct;
+  if (hasCooperativeMatrix && cooperative.cooperativeMatrix) {
+    auto query =
+        reinterpret_cast<PFN_vkGetPhysicalDeviceCooperativeMatrixPropertiesKHR>(
+            api.getCooperativeMatrixProperties);
+    uint32_t count = 0;
+    if (query(device, &count, nullptr) == VK_SUCCESS && count > 0) {
+      std::vector<VkCooperativeMatrixPropertiesKHR> shapes(count);
+      for (VkCooperativeMatrixPropertiesKHR &s : shapes)
+        s.sType = VK_STRUCTURE_TYPE_COOPERATIVE_MATRIX_PROPERTIES_KHR;
+      if (query(device, &count, shapes.data()) >= VK_SUCCESS)
+        for (uint32_t i = 0; i < count; ++i) {
+          const VkCooperativeMatrixPropertiesKHR &s = shapes[i];
+          if (s.MSize == 16 && s.NSize == 16 && s.KSize == 32 &&
+              s.AType == VK_COMPONENT_TYPE_SINT8_KHR &&
+              s.BType == VK_COMPONENT_TYPE_SINT8_KHR &&
+              s.CType == VK_COMPONENT_TYPE_SINT32_KHR &&
+              s.ResultType == VK_COMPONENT_TYPE_SINT32_KHR &&
+              !s.saturatingAccumulation && s.scope == VK_SCOPE_SUBGROUP_KHR)
+            d.cooperativeMatrixInt8 = true;
+        }
+    }
+  }
 
   VkPhysicalDeviceMemoryProperties memory{};
   api.getMemoryProperties(device, &memory);

@@ -53,6 +53,10 @@ struct DeviceInfo {
   bool integerDotProductExtension = false;
   /// ... and its shaderIntegerDotProduct feature is set.
   bool integerDotProduct = false;
+  /// VK_KHR_cooperative_matrix with its cooperativeMatrix feature and a
+  /// subgroup-scope 16x16x32 product of signed bytes into int32 (the
+  /// tensor cores' int8 shape on NVIDIA).
+  bool cooperativeMatrixInt8 = false;
 
   uint32_t maxComputeSharedMemorySize = 0;
   uint32_t maxComputeWorkGroupInvocations = 0;

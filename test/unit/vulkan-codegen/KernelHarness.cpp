@@ -33,11 +33,22 @@ using codegen::vulkan::SpirvKernel;
 
 KernelHarness::KernelHarness() {
   try {
-    if (vulkan::enumerateDevices().empty()) {
+    std::vector<vulkan::DeviceInfo> devices = vulkan::enumerateDevices();
+    if (devices.empty()) {
       reason = "no Vulkan device";
       return;
     }
-    context = std::make_unique<vulkan::VulkanContext>(0);
+    // Whatever the device offers, so that every kernel variant can run.
+    const vulkan::DeviceInfo &d = devices[0];
+    vulkan::DeviceFeatures features;
+    features.shaderFloat64 = d.shaderFloat64;
+    features.shaderInt8 = d.shaderInt8;
+    features.shaderFloat16 = d.shaderFloat16;
+    features.storageBuffer8BitAccess = d.storageBuffer8BitAccess;
+    features.storageBuffer16BitAccess = d.storageBuffer16BitAccess;
+    features.integerDotProduct = d.integerDotProduct;
+    features.cooperativeMatrix = d.cooperativeMatrixInt8;
+    context = std::make_unique<vulkan::VulkanContext>(0, nullptr, features);
   } catch (const std::exception &e) {
     reason = std::string("no usable Vulkan device: ") + e.what();
   }
@@ -56,6 +67,7 @@ KernelTarget KernelHarness::deviceTarget() const {
   t.int8Arithmetic = d.shaderInt8;
   t.storage8Bit = d.storageBuffer8BitAccess;
   t.integerDotProduct = d.integerDotProduct;
+  t.cooperativeMatrixInt8 = d.cooperativeMatrixInt8;
   return t;
 }
 

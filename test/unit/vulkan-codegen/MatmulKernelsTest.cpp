@@ -49,6 +49,8 @@ protected:
   KernelTarget device(bool dot) const {
     KernelTarget t = harness->deviceTarget();
     t.integerDotProduct = t.integerDotProduct && dot;
+    // The scalar kernels: the tensor-core one has its own test.
+    t.cooperativeMatrixInt8 = false;
     return t;
   }
   /// The generic profile: 128 invocations, 16 KiB, no 8-bit features.
@@ -136,6 +138,21 @@ const TernaryCase kTernaryCases[] = {
     {1, 1, 4},     {3, 5, 128},    {37, 70, 200},
     {64, 64, 256}, {70, 130, 388}, {130, 129, 644},
 };
+
+// The tensor-core kernel (where the device has VK_KHR_cooperative_matrix's
+// int8 product; lavapipe has not): the same bits as the CPU.
+TEST_F(MatmulKernelsTest, TernaryForwardExactOnCooperativeMatrices) {
+  KernelTarget t = harness->deviceTarget();
+  t.subgroupSize = 32; // what the device reports, not a profile minimum
+  if (!t.cooperativeMatrixInt8 || harness->deviceTarget().subgroupSize != 32)
+    GTEST_SKIP() << "the device has no 16x16x32 int8 cooperative matrix "
+                    "product on 32-lane subgroups";
+  for (TernaryCase c : {TernaryCase{64, 64, 128}, TernaryCase{128, 192, 384},
+                        TernaryCase{512, 256, 768}})
+    checkTernary(*harness, rng, c, t, "", "_coop64x64");
+  // Shapes the tiles do not divide take the scalar kernels.
+  checkTernary(*harness, rng, {70, 130, 388}, t, "", "_dot");
+}
 
 TEST_F(MatmulKernelsTest, TernaryForwardExactWithDotProduct) {
   KernelTarget t = device(true);

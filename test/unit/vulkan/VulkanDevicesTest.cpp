@@ -35,6 +35,7 @@ DeviceInfo nvidiaLike() {
   d.maxComputeWorkGroupSize = {1024, 1024, 64};
   d.maxStorageBufferRange = 0xffffffffull;
   d.maxPerStageDescriptorStorageBuffers = 1u << 20;
+  d.cooperativeMatrixInt8 = true;
   return d;
 }
 
