@@ -50,6 +50,8 @@ KernelTarget kernelTargetForProfile(const std::string &name) {
   t.storage8Bit = p.storageBuffer8BitAccess;
   t.integerDotProduct = p.integerDotProduct;
   t.cooperativeMatrixInt8 = p.cooperativeMatrixInt8 && p.minSubgroupSize == 32;
+  t.cooperativeMatrixF16 =
+      p.cooperativeMatrixF16 && p.shaderFloat16 && p.minSubgroupSize == 32;
   // Where the profile has f64, kernels keep the CPU targets' f64
   // accumulations (and quantize exactly as they do); elsewhere (phones)
   // they demote them to f32.
@@ -684,12 +686,29 @@ public:
       : module(module), target(target) {}
 
   /// Linalg ops to gpu.launch, micro-kernel calls to their dispatches
-  /// (recorded in `ukernelDispatches`).
-  void lowerToLaunches(func::FuncOp func) {
+  /// (recorded in `ukernelDispatches`). Kernels that need scratch get it
+  /// past the function's planned arena (`arenaBytes`, which grows by the
+  /// most any call takes).
+  void lowerToLaunches(func::FuncOp func, int64_t &arenaBytes) {
+    // The arena is the function's last argument (cpu::FunctionSignature).
+    BlockArgument arena = func.getArguments().back();
+    const int64_t scratchBase = (arenaBytes + 255) / 256 * 256;
+    int64_t scratchBytes = 0;
     for (Operation &op : llvm::make_early_inc_range(func.getOps())) {
       if (isMicroKernelCall(&op)) {
+        KernelScratch scratch = [&](int64_t bytes) -> Value {
+          OpBuilder b(&op);
+          scratchBytes = std::max(scratchBytes, bytes);
+          Value shift =
+              arith::ConstantIndexOp::create(b, op.getLoc(), scratchBase);
+          return memref::ViewOp::create(
+              b, op.getLoc(),
+              MemRefType::get({bytes}, IntegerType::get(op.getContext(), 8)),
+              arena, shift, ValueRange());
+        };
         FailureOr<SmallVector<KernelDispatch>> dispatches =
-            buildUkernelDispatches(cast<func::CallOp>(op), module, target);
+            buildUkernelDispatches(cast<func::CallOp>(op), module, target,
+                                   scratch);
         if (failed(dispatches))
           fail(&op, "no GPU kernel for this micro-kernel call");
         SmallVector<TracedDispatch> &traced = ukernelDispatches[&op];
@@ -721,6 +740,8 @@ public:
           wrapInParallel(&op);
       }
     }
+    if (scratchBytes)
+      arenaBytes = scratchBase + scratchBytes;
     PassManager pm(func.getContext());
     pm.addPass(createConvertLinalgToParallelLoopsPass());
     if (failed(pm.run(func)))
@@ -879,8 +900,9 @@ CompiledVulkanModule compileForVulkan(ModuleOp source,
     }
   }
   EntryLowering lowering(*module, target);
-  for (const std::string &entry : entries)
-    lowering.lowerToLaunches(module->lookupSymbol<func::FuncOp>(entry));
+  for (size_t e = 0; e < entries.size(); ++e)
+    lowering.lowerToLaunches(module->lookupSymbol<func::FuncOp>(entries[e]),
+                             compiled.functions[e].arenaBytes);
 
   {
     PassManager pm(context);

@@ -16,7 +16,8 @@ namespace bitloom::codegen::vulkan {
 /// bitloom_uk_matmul_f32, bitloom_uk_matmul_f32_bf16b.
 mlir::FailureOr<llvm::SmallVector<KernelDispatch>>
 buildMatmulDispatches(mlir::func::CallOp call, mlir::ModuleOp module,
-                      const KernelTarget &target);
+                      const KernelTarget &target,
+                      const KernelScratch &scratch = nullptr);
 
 /// bitloom_uk_attention, bitloom_uk_attention_grad.
 mlir::FailureOr<llvm::SmallVector<KernelDispatch>>

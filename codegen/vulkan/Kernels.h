@@ -24,6 +24,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <string>
 
 namespace bitloom::codegen::vulkan {
@@ -40,6 +41,9 @@ struct KernelTarget {
   /// into int32, on 32-lane subgroups (the ternary forward's tensor-core
   /// kernel).
   bool cooperativeMatrixInt8 = false;
+  /// Its 16x16x16 f16 product into f32, with shaderFloat16 (the ternary
+  /// input gradient's tensor-core kernel).
+  bool cooperativeMatrixF16 = false;
   bool float64 = true;            // shaderFloat64
   /// Most bytes of the fused LM head's block of logits: GPUs with memory to
   /// spare take bigger (fewer, better-filled) products.
@@ -61,6 +65,12 @@ struct KernelDispatch {
   llvm::SmallVector<mlir::Value> buffers;
 };
 
+/// Scratch memory for a call's dispatches, where its operands have none:
+/// returns a host buffer of `bytes` bytes (a range at the arena's end that
+/// no planned buffer uses; every call gets the same one, so the dispatches
+/// that use it are ordered by their bindings).
+using KernelScratch = std::function<mlir::Value(int64_t bytes)>;
+
 /// The dispatches that do what `call` (a micro-kernel call in the memref
 /// form) does, in order, adding their kernels to `module` (a kernel already
 /// there under the same name is reused: names encode every specialization:
@@ -68,7 +78,8 @@ struct KernelDispatch {
 /// unknown micro-kernel or an operand that is not what its contract says.
 mlir::FailureOr<llvm::SmallVector<KernelDispatch>>
 buildUkernelDispatches(mlir::func::CallOp call, mlir::ModuleOp module,
-                       const KernelTarget &target);
+                       const KernelTarget &target,
+                       const KernelScratch &scratch = nullptr);
 
 } // namespace bitloom::codegen::vulkan
 

@@ -1145,8 +1145,264 @@ LogicalResult buildDenseMatmul(func::CallOp call, ModuleOp module,
   return success();
 }
 
+//===----------------------------------------------------------------------===//
+// Ternary input gradient on cooperative matrices (tensor cores)
+//===----------------------------------------------------------------------===//
+//
+// dx = multiplier · dy · w with f16 products into f32 sums, to f32 accuracy:
+// each dy value, scaled by a power of two per row (the row's largest lands
+// in [2^14, 2^15)), is split into hi = f16(v) and lo = f16(v - hi), 22
+// significant bits together, and ternary weights are exact in f16, so
+// dx = (hi·w + lo·w) · 2^-e · multiplier. Two dispatches: the rows' scales
+// into the call's scratch, then the products: a 64 x 128 tile of dx (one
+// packed block wide) per workgroup of 8 subgroups, each 32 x 32 as 2 x 2
+// f32 accumulators, n in chunks of 32 staged in shared memory.
+
+constexpr int64_t kTTileM = 64, kTTileK = 128, kTChunk = 32, kTThreads = 256;
+/// Halves per staged dy row and weight row (rows 16-byte aligned, padded
+/// off the banks' period).
+constexpr int64_t kAStride = kTChunk + 8, kBStride = kTTileK + 8;
+
+bool coopTernaryTApplies(const KernelTarget &target, int64_t m, int64_t n,
+                         int64_t k) {
+  if (const char *off = std::getenv("BITLOOM_VULKAN_NO_COOPERATIVE_MATRIX");
+      off && *off && std::string(off) != "0")
+    return false;
+  int64_t shared = 2 * (2 * kTTileM * kAStride + kTChunk * kBStride) +
+                   4 * kTTileM * 16;
+  return target.cooperativeMatrixF16 && target.subgroupSize == 32 &&
+         target.maxWorkgroupInvocations >= kTThreads &&
+         target.sharedMemoryBytes >= shared && m % kTTileM == 0 &&
+         k % kTTileK == 0 && n % kTChunk == 0;
+}
+
+/// scales[i] = 2^(14 - e_i) and scales[m + i] = 2^(e_i - 14) · multiplier,
+/// with 2^e_i ≤ max_c |dy[i, c]| < 2^(e_i + 1) (e clamped so that both are
+/// normal floats): a workgroup per row.
+void emitRowScales(gpu::GPUFuncOp fn, Location loc, int64_t m, int64_t n) {
+  MLIRContext *ctx = fn.getContext();
+  ImplicitLocOpBuilder b(loc, ctx);
+  b.setInsertionPointToStart(&fn.getBody().front());
+  Emit e{b};
+  Type i32 = b.getI32Type(), f32 = b.getF32Type();
+  Value dy = fn.getArgument(0), multiplier = fn.getArgument(1),
+        scales = fn.getArgument(2);
+  Value tid = gpu::ThreadIdOp::create(b, gpu::Dimension::x);
+  Value row = gpu::BlockIdOp::create(b, gpu::Dimension::x);
+  // Non-negative floats order as their bit patterns: the largest |dy| is
+  // the largest of the bits with the sign cleared (a NaN stays largest).
+  SmallVector<Value> largest = e.loop(
+      0, ceilDiv(n, kTThreads), 1, {e.i32(0)}, [&](Value it, ValueRange acc) {
+        Value c = e.add(tid, e.mul(it, kTThreads));
+        Value valid = n % kTThreads ? e.ult(c, n) : Value();
+        Value v = e.loadOr(dy, e.add(e.mul(row, n), c), valid, e.f32(0));
+        Value bits = e.andI(arith::BitcastOp::create(b, i32, v),
+                            e.i32(0x7fffffff));
+        return SmallVector<Value>{arith::MaxUIOp::create(b, acc[0], bits)};
+      });
+  Value shared = memref::AllocOp::create(b, sharedType(ctx, kTThreads, i32));
+  e.store(largest[0], shared, tid);
+  gpu::BarrierOp::create(b);
+  for (int64_t half = kTThreads / 2; half > 0; half /= 2) {
+    e.when(e.ult(tid, half), [&] {
+      Value other = e.load(shared, e.add(tid, half));
+      e.store(arith::MaxUIOp::create(b, e.load(shared, tid), other), shared,
+              tid);
+    });
+    gpu::BarrierOp::create(b);
+  }
+  e.when(e.eq(tid, e.idx(0)), [&] {
+    // Biased exponent of the largest, kept in [15, 254]: the scale's
+    // biased exponent 268 - eb lies in [14, 253], its inverse's in [1, 240].
+    Value eb = e.andI(e.shrU(e.load(shared, e.idx(0)), e.i32(23)),
+                      e.i32(0xff));
+    eb = arith::MaxUIOp::create(b, eb, e.i32(15));
+    Value sb = e.sub(e.i32(268), eb);
+    Value scale = arith::BitcastOp::create(b, f32, e.shl(sb, e.i32(23)));
+    Value inverse = arith::BitcastOp::create(
+        b, f32, e.shl(e.sub(e.i32(254), sb), e.i32(23)));
+    e.store(scale, scales, row);
+    e.store(e.mul(inverse, e.load(multiplier, e.idx(0))), scales,
+            e.add(row, m));
+  });
+}
+
+void emitTernaryTCoop(gpu::GPUFuncOp fn, Location loc, int64_t m, int64_t n,
+                      int64_t k) {
+  MLIRContext *ctx = fn.getContext();
+  ImplicitLocOpBuilder b(loc, ctx);
+  b.setInsertionPointToStart(&fn.getBody().front());
+  Emit e{b};
+  Type i32 = b.getI32Type(), f32 = b.getF32Type(), f16 = b.getF16Type();
+  auto aType = gpu::MMAMatrixType::get({16, 16}, f16, "AOp");
+  auto bType = gpu::MMAMatrixType::get({16, 16}, f16, "BOp");
+  auto cType = gpu::MMAMatrixType::get({16, 16}, f32, "COp");
+  int64_t blocks = packedRowBytes(k) / 32;
+  Value dy = fn.getArgument(0), w = fn.getArgument(1),
+        scales = fn.getArgument(2), dx = fn.getArgument(3);
+
+  Value tid = gpu::ThreadIdOp::create(b, gpu::Dimension::x);
+  Value subgroup = e.divU(tid, 32);
+  Value blockRow = e.mul(e.divU(subgroup, 4), 32);
+  Value blockCol = e.mul(e.remU(subgroup, 4), 32);
+  Value tileCol = gpu::BlockIdOp::create(b, gpu::Dimension::x);
+  Value col0 = e.mul(tileCol, kTTileK);
+  Value row0 = e.mul(gpu::BlockIdOp::create(b, gpu::Dimension::y), kTTileM);
+  Value hiStage =
+      memref::AllocOp::create(b, sharedType(ctx, kTTileM * kAStride, f16));
+  Value loStage =
+      memref::AllocOp::create(b, sharedType(ctx, kTTileM * kAStride, f16));
+  Value wStage =
+      memref::AllocOp::create(b, sharedType(ctx, kTChunk * kBStride, f16));
+  Value scaleTile =
+      memref::AllocOp::create(b, sharedType(ctx, kTTileM * 16, f32));
+  auto lead = [&](int64_t elements) { return b.getIndexAttr(elements); };
+
+  // The tile's output factors, 16 per row (a cooperative operand), and the
+  // scales of the rows this invocation stages: rows tid/32 + 8s.
+  for (int64_t s = 0; s < kTTileM * 16 / kTThreads; ++s) {
+    Value item = e.add(tid, s * kTThreads);
+    Value r = e.divU(item, 16);
+    e.store(e.load(scales, e.add(e.add(row0, r), m)), scaleTile, item);
+  }
+  constexpr int64_t kDyPerThread = kTTileM * kTChunk / kTThreads; // 8
+  SmallVector<Value> rowScale;
+  for (int64_t s = 0; s < kDyPerThread; ++s)
+    rowScale.push_back(e.load(
+        scales, e.add(row0, e.add(e.divU(tid, kTChunk), s * (kTThreads / 32)))));
+
+  auto fetch = [&](Value chunk) {
+    SmallVector<Value> v;
+    for (int64_t s = 0; s < kDyPerThread; ++s) {
+      Value item = e.add(tid, s * kTThreads);
+      Value r = e.divU(item, kTChunk), c = e.remU(item, kTChunk);
+      v.push_back(e.load(dy, e.add(e.mul(e.add(row0, r), n),
+                                   e.add(e.mul(chunk, kTChunk), c))));
+    }
+    // One packed word each: row tid/8 of the chunk, word tid%8 of the
+    // tile's block.
+    Value nn = e.divU(tid, 8), wq = e.remU(tid, 8);
+    v.push_back(e.load(
+        w, e.add(e.mul(e.add(e.mul(chunk, kTChunk), nn), blocks * 8),
+                 e.add(e.mul(tileCol, 8), wq))));
+    return v;
+  };
+  auto put = [&](ValueRange v) {
+    for (int64_t s = 0; s < kDyPerThread; ++s) {
+      Value item = e.add(tid, s * kTThreads);
+      Value r = e.divU(item, kTChunk), c = e.remU(item, kTChunk);
+      Value scaled = e.mul(v[s], rowScale[s]);
+      Value hi = arith::TruncFOp::create(b, f16, scaled);
+      Value lo = arith::TruncFOp::create(
+          b, f16, arith::SubFOp::create(b, scaled,
+                                        arith::ExtFOp::create(b, f32, hi)));
+      Value at = e.add(e.mul(r, kAStride), c);
+      e.store(hi, hiStage, at);
+      e.store(lo, loStage, at);
+    }
+    Value word = v[kDyPerThread];
+    Value nn = e.divU(tid, 8), wq = e.remU(tid, 8);
+    for (int64_t lane = 0; lane < 4; ++lane)
+      for (int64_t t = 0; t < 4; ++t) {
+        // Column 32·lane + 4·wq + t of the block: its field, minus 1.
+        Value field = e.andI(e.shrU(word, e.i32(2 * lane + 8 * t)), e.i32(3));
+        Value weight =
+            arith::SIToFPOp::create(b, f16, e.sub(field, e.i32(1)));
+        e.store(weight, wStage,
+                e.add(e.mul(nn, kBStride), e.add(e.mul(wq, 4), 32 * lane + t)));
+      }
+  };
+
+  Value zero = gpu::SubgroupMmaConstantMatrixOp::create(b, cType, e.f32(0));
+  SmallVector<Value> init(4, zero);
+  llvm::append_range(init, fetch(e.idx(0)));
+  int64_t chunks = n / kTChunk;
+  SmallVector<Value> results =
+      e.loop(0, chunks, 1, init, [&](Value chunk, ValueRange carried) {
+        put(carried.drop_front(4));
+        gpu::BarrierOp::create(b);
+        Value ahead = arith::MinUIOp::create(b, e.add(chunk, 1),
+                                             e.idx(chunks - 1));
+        SmallVector<Value> next = fetch(ahead);
+        SmallVector<Value> acc(carried.take_front(4));
+        for (int64_t step = 0; step < kTChunk / 16; ++step) {
+          Value hi[2], lo[2], wm[2];
+          for (int64_t i = 0; i < 2; ++i) {
+            Value at = e.add(e.mul(e.add(blockRow, 16 * i), kAStride),
+                             16 * step);
+            hi[i] = gpu::SubgroupMmaLoadMatrixOp::create(
+                b, aType, hiStage, ValueRange{at}, lead(kAStride), UnitAttr());
+            lo[i] = gpu::SubgroupMmaLoadMatrixOp::create(
+                b, aType, loStage, ValueRange{at}, lead(kAStride), UnitAttr());
+          }
+          for (int64_t j = 0; j < 2; ++j)
+            wm[j] = gpu::SubgroupMmaLoadMatrixOp::create(
+                b, bType, wStage,
+                ValueRange{e.add(e.add(blockCol, 16 * j), 16 * step * kBStride)},
+                lead(kBStride), UnitAttr());
+          for (int64_t i = 0; i < 2; ++i)
+            for (int64_t j = 0; j < 2; ++j) {
+              Value &c = acc[2 * i + j];
+              c = gpu::SubgroupMmaComputeOp::create(b, hi[i], wm[j], c,
+                                                    UnitAttr(), UnitAttr());
+              c = gpu::SubgroupMmaComputeOp::create(b, lo[i], wm[j], c,
+                                                    UnitAttr(), UnitAttr());
+            }
+        }
+        gpu::BarrierOp::create(b);
+        llvm::append_range(acc, next);
+        return acc;
+      });
+
+  // Undo the row scale, apply the multiplier (one rounding, as the CPU's
+  // scale · sum), straight into dx.
+  for (int64_t i = 0; i < 2; ++i) {
+    Value factor = gpu::SubgroupMmaLoadMatrixOp::create(
+        b, cType, scaleTile,
+        ValueRange{e.mul(e.add(blockRow, 16 * i), 16)}, lead(16), UnitAttr());
+    for (int64_t j = 0; j < 2; ++j) {
+      Value out = gpu::SubgroupMmaElementwiseOp::create(
+          b, cType, ValueRange{results[2 * i + j], factor},
+          gpu::MMAElementwiseOp::MULF);
+      Value at = e.add(e.mul(e.add(row0, e.add(blockRow, 16 * i)), k),
+                       e.add(col0, e.add(blockCol, 16 * j)));
+      gpu::SubgroupMmaStoreMatrixOp::create(b, out, dx, ValueRange{at},
+                                            lead(k), UnitAttr());
+    }
+  }
+}
+
+void buildTernaryMatmulTCoop(ModuleOp module, Location loc, int64_t m,
+                             int64_t n, int64_t k, Value dy, Value w,
+                             Value multiplier, Value dx, Value scratch,
+                             SmallVector<KernelDispatch> &dispatches) {
+  MLIRContext *ctx = module.getContext();
+  Type f32 = Float32Type::get(ctx), i32 = IntegerType::get(ctx, 32);
+  int64_t rowBytes = packedRowBytes(k);
+  std::string scalesName =
+      llvm::formatv("bitloom_ternary_matmul_t_scales_m{0}_n{1}", m, n);
+  dispatches.push_back({scalesName, {m, 1, 1}, {dy, multiplier, scratch}});
+  if (gpu::GPUFuncOp fn = createKernel(
+          module, scalesName,
+          {bufferType(m * n, f32), bufferType(1, f32), bufferType(2 * m, f32)},
+          kTThreads))
+    emitRowScales(fn, loc, m, n);
+  std::string name = llvm::formatv(
+      "bitloom_ternary_matmul_t_m{0}_n{1}_k{2}_coop{3}x{4}", m, n, k, kTTileM,
+      kTTileK);
+  dispatches.push_back(
+      {name, {k / kTTileK, m / kTTileM, 1}, {dy, w, scratch, dx}});
+  if (gpu::GPUFuncOp fn = createKernel(
+          module, name,
+          {bufferType(m * n, f32), bufferType(n * rowBytes / 4, i32),
+           bufferType(2 * m, f32), bufferType(m * k, f32)},
+          kTThreads))
+    emitTernaryTCoop(fn, loc, m, n, k);
+}
+
 LogicalResult buildTernaryMatmulT(func::CallOp call, ModuleOp module,
                                   const KernelTarget &target,
+                                  const KernelScratch &scratch,
                                   SmallVector<KernelDispatch> &dispatches) {
   CallOperands ops(call);
   FailureOr<int64_t> m = ops.constant(4, "m"), n = ops.constant(5, "n"),
@@ -1163,6 +1419,12 @@ LogicalResult buildTernaryMatmulT(func::CallOp call, ModuleOp module,
   if (failed(dy) || failed(w) || failed(scale) || failed(dx))
     return failure();
 
+  if (scratch && coopTernaryTApplies(target, *m, *n, *k)) {
+    buildTernaryMatmulTCoop(module, call.getLoc(), *m, *n, *k, dy->value,
+                            w->value, scale->value, dx->value,
+                            scratch(8 * *m), dispatches);
+    return success();
+  }
   // As a GEMM: rows m, columns k (the packed ones), reduction n. A column
   // tile is one whole packed block.
   GemmProblem g{*m, *k, *n, false, false, false, BKind::Ternary};
@@ -1196,7 +1458,8 @@ LogicalResult buildTernaryMatmulT(func::CallOp call, ModuleOp module,
 
 FailureOr<SmallVector<KernelDispatch>>
 buildMatmulDispatches(func::CallOp call, ModuleOp module,
-                      const KernelTarget &target) {
+                      const KernelTarget &target,
+                      const KernelScratch &scratch) {
   loadDialects(module.getContext());
   SmallVector<KernelDispatch> dispatches;
   StringRef name = call.getCallee();
@@ -1204,7 +1467,7 @@ buildMatmulDispatches(func::CallOp call, ModuleOp module,
   if (name == "bitloom_uk_ternary_matmul")
     built = buildTernaryMatmul(call, module, target, dispatches);
   else if (name == "bitloom_uk_ternary_matmul_t")
-    built = buildTernaryMatmulT(call, module, target, dispatches);
+    built = buildTernaryMatmulT(call, module, target, scratch, dispatches);
   else if (name == "bitloom_uk_matmul_f32")
     built = buildDenseMatmul(call, module, target, /*bf16=*/false, dispatches);
   else if (name == "bitloom_uk_matmul_f32_bf16b")

@@ -150,7 +150,9 @@ Attribute spirvTargetEnv(MLIRContext *context, const KernelTarget &target) {
       exts.push_back(Extension::SPV_KHR_8bit_storage);
     }
   }
-  if (target.cooperativeMatrixInt8) {
+  if (target.cooperativeMatrixF16)
+    caps.push_back(Capability::Float16);
+  if (target.cooperativeMatrixInt8 || target.cooperativeMatrixF16) {
     caps.push_back(Capability::CooperativeMatrixKHR);
     exts.push_back(Extension::SPV_KHR_cooperative_matrix);
   }
@@ -224,6 +226,21 @@ compileKernelsToSpirv(ModuleOp module, const KernelTarget &target,
   spirvModules.addPass(spirv::createSPIRVUpdateVCEPass());
   if (failed(pm.run(module)))
     return failure();
+  // -convert-gpu-to-spirv leaves integer cooperative products without
+  // operand flags, which makes their components unsigned: the kernels'
+  // int8 operands are signed.
+  module.walk([&](spirv::KHRCooperativeMatrixMulAddOp op) {
+    auto a = cast<spirv::CooperativeMatrixType>(op.getA().getType());
+    if (!isa<IntegerType>(a.getElementType()))
+      return;
+    op->setAttr(op.getMatrixOperandsAttrName(),
+                spirv::CooperativeMatrixOperandsKHRAttr::get(
+                    context, spirv::CooperativeMatrixOperandsKHR::ASigned |
+                                 spirv::CooperativeMatrixOperandsKHR::BSigned |
+                                 spirv::CooperativeMatrixOperandsKHR::CSigned |
+                                 spirv::CooperativeMatrixOperandsKHR::
+                                     ResultSigned));
+  });
 
   // -spirv-lower-abi-attrs lists an entry point's interface by the target's
   // SPIR-V version (every global from 1.4 on), while -spirv-update-vce picks

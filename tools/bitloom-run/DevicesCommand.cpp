@@ -69,6 +69,8 @@ std::vector<std::string> features(const DeviceInfo &d) {
     f.push_back("VK_KHR_shader_integer_dot_product (feature off)");
   if (d.cooperativeMatrixInt8)
     f.push_back("int8 cooperative matrix");
+  if (d.cooperativeMatrixF16)
+    f.push_back("f16 cooperative matrix");
   return f;
 }
 
@@ -91,6 +93,7 @@ nlohmann::ordered_json toJson(const DeviceInfo &d) {
   j["integer_dot_product_extension"] = d.integerDotProductExtension;
   j["integer_dot_product"] = d.integerDotProduct;
   j["cooperative_matrix_int8"] = d.cooperativeMatrixInt8;
+  j["cooperative_matrix_f16"] = d.cooperativeMatrixF16;
   j["max_compute_shared_memory_size"] = d.maxComputeSharedMemorySize;
   j["max_compute_work_group_invocations"] = d.maxComputeWorkGroupInvocations;
   j["max_compute_work_group_size"] = d.maxComputeWorkGroupSize;

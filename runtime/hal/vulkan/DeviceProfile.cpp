@@ -78,6 +78,7 @@ std::vector<DeviceProfile> makeProfiles() {
   nvidia.storageBuffer16BitAccess = true;
   nvidia.integerDotProduct = true;
   nvidia.cooperativeMatrixInt8 = true;
+  nvidia.cooperativeMatrixF16 = true;
   nvidia.minComputeSharedMemorySize = 48 * KiB;
   nvidia.minComputeWorkGroupInvocations = 1024;
   nvidia.minStorageBufferRange = 4 * GiB - 1;
@@ -173,6 +174,9 @@ std::vector<std::string> missingCapabilities(const DeviceInfo &device,
   if (profile.cooperativeMatrixInt8 && !device.cooperativeMatrixInt8)
     missing.push_back("no VK_KHR_cooperative_matrix with a 16x16x32 int8 "
                       "subgroup product");
+  if (profile.cooperativeMatrixF16 && !device.cooperativeMatrixF16)
+    missing.push_back("no VK_KHR_cooperative_matrix with a 16x16x16 f16 "
+                      "subgroup product into f32");
   if (device.maxComputeSharedMemorySize < profile.minComputeSharedMemorySize)
     missing.push_back("compute shared memory " +
                       formatBytes(device.maxComputeSharedMemorySize) + " < " +

@@ -33,6 +33,8 @@ struct DeviceProfile {
   bool integerDotProduct = false;
   /// VK_KHR_cooperative_matrix's 16x16x32 int8 product (tensor cores).
   bool cooperativeMatrixInt8 = false;
+  /// ... and its 16x16x16 f16 product into f32.
+  bool cooperativeMatrixF16 = false;
   uint32_t minComputeSharedMemorySize = 0;
   uint32_t minComputeWorkGroupInvocations = 0;
   uint64_t minStorageBufferRange = 0;

@@ -522,8 +522,9 @@ VulkanContext::VulkanContext(uint32_t deviceIndex,
        "storageBuffer16BitAccess");
   need(features.integerDotProduct, info.integerDotProduct,
        "shaderIntegerDotProduct");
-  need(features.cooperativeMatrix, info.cooperativeMatrixInt8,
-       "VK_KHR_cooperative_matrix (16x16x32 int8)");
+  need(features.cooperativeMatrix,
+       info.cooperativeMatrixInt8 || info.cooperativeMatrixF16,
+       "VK_KHR_cooperative_matrix");
   if (!lacking.empty())
     throw VulkanError("Vulkan device " + std::to_string(deviceIndex) + " (" +
                       info.name + ") lacks " + lacking);

@@ -380,6 +380,13 @@ DeviceInfo VulkanInstance::Impl::describe(VkPhysicalDevice device,
               s.ResultType == VK_COMPONENT_TYPE_SINT32_KHR &&
               !s.saturatingAccumulation && s.scope == VK_SCOPE_SUBGROUP_KHR)
             d.cooperativeMatrixInt8 = true;
+          if (s.MSize == 16 && s.NSize == 16 && s.KSize == 16 &&
+              s.AType == VK_COMPONENT_TYPE_FLOAT16_KHR &&
+              s.BType == VK_COMPONENT_TYPE_FLOAT16_KHR &&
+              s.CType == VK_COMPONENT_TYPE_FLOAT32_KHR &&
+              s.ResultType == VK_COMPONENT_TYPE_FLOAT32_KHR &&
+              s.scope == VK_SCOPE_SUBGROUP_KHR)
+            d.cooperativeMatrixF16 = true;
         }
     }
   }

@@ -57,6 +57,8 @@ struct DeviceInfo {
   /// subgroup-scope 16x16x32 product of signed bytes into int32 (the
   /// tensor cores' int8 shape on NVIDIA).
   bool cooperativeMatrixInt8 = false;
+  /// ... and a subgroup-scope 16x16x16 product of f16 into f32.
+  bool cooperativeMatrixF16 = false;
 
   uint32_t maxComputeSharedMemorySize = 0;
   uint32_t maxComputeWorkGroupInvocations = 0;

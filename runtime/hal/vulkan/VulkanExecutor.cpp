@@ -241,7 +241,8 @@ void VulkanExecutor::checkTarget() {
   features.storageBuffer8BitAccess = profile_->storageBuffer8BitAccess;
   features.storageBuffer16BitAccess = profile_->storageBuffer16BitAccess;
   features.integerDotProduct = profile_->integerDotProduct;
-  features.cooperativeMatrix = profile_->cooperativeMatrixInt8;
+  features.cooperativeMatrix =
+      profile_->cooperativeMatrixInt8 || profile_->cooperativeMatrixF16;
   ctx_ = std::make_unique<VulkanContext>(index, instance, features);
   alignment_ = std::max<uint64_t>(64, info.minStorageBufferOffsetAlignment);
 }

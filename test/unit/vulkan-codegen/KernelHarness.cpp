@@ -47,7 +47,7 @@ KernelHarness::KernelHarness() {
     features.storageBuffer8BitAccess = d.storageBuffer8BitAccess;
     features.storageBuffer16BitAccess = d.storageBuffer16BitAccess;
     features.integerDotProduct = d.integerDotProduct;
-    features.cooperativeMatrix = d.cooperativeMatrixInt8;
+    features.cooperativeMatrix = d.cooperativeMatrixInt8 || d.cooperativeMatrixF16;
     context = std::make_unique<vulkan::VulkanContext>(0, nullptr, features);
   } catch (const std::exception &e) {
     reason = std::string("no usable Vulkan device: ") + e.what();
@@ -68,6 +68,7 @@ KernelTarget KernelHarness::deviceTarget() const {
   t.storage8Bit = d.storageBuffer8BitAccess;
   t.integerDotProduct = d.integerDotProduct;
   t.cooperativeMatrixInt8 = d.cooperativeMatrixInt8;
+  t.cooperativeMatrixF16 = d.cooperativeMatrixF16 && d.shaderFloat16;
   return t;
 }
 

@@ -35,7 +35,7 @@ DeviceInfo nvidiaLike() {
   d.maxComputeWorkGroupSize = {1024, 1024, 64};
   d.maxStorageBufferRange = 0xffffffffull;
   d.maxPerStageDescriptorStorageBuffers = 1u << 20;
-  d.cooperativeMatrixInt8 = true;
+  d.cooperativeMatrixInt8 = d.cooperativeMatrixF16 = true;
   return d;
 }
 
