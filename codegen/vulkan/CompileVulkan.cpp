@@ -1082,8 +1082,8 @@ CompiledVulkanModule compileForVulkan(ModuleOp source,
                 std::min(chunked->chunkBytes, b.size - k * chunked->chunkBytes);
           }
           size_t position = out.bindings.size();
-          part.written = position >= writes->second.size() ||
-                         writes->second[position];
+          part.written =
+              position >= writes->second.size() || writes->second[position];
           if (part.size > target.maxStorageBufferRange)
             fail(d.op,
                  "binding " + std::to_string(out.bindings.size()) + " of " +

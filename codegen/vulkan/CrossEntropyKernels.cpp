@@ -575,7 +575,8 @@ private:
 
 FailureOr<SmallVector<KernelDispatch>>
 buildCrossEntropyDispatches(func::CallOp call, ModuleOp module,
-                            const KernelTarget &target) {
+                            const KernelTarget &target,
+                            const KernelScratch &kernelScratch) {
   StringRef callee = call.getCallee();
   StringRef base = callee;
   bool training = !base.consume_back("_loss");
@@ -704,8 +705,20 @@ buildCrossEntropyDispatches(func::CallOp call, ModuleOp module,
       dispatches.push_back(KernelDispatch{name, {1, 1, 1}, buffers});
     }
 
-    // 4. xGrad[block] = dlogits · w.
-    if (training)
+    // 4. xGrad[block] = dlogits · w: on cooperative matrices where the
+    // target has them (masked rows' dlogits are zeros: their xGrad too).
+    if (training && bf16 && kernelScratch &&
+        coopGemmApplies(target, rows, p.v, p.k)) {
+      CoopGemm g{rows,          p.v,         p.k,
+                 /*lda=*/p.v,   /*ldc=*/p.k, /*outRow0=*/r0,
+                 /*bf16B=*/true};
+      CoopGemmBuffers buffers{*scratch,      *w,       Value(),
+                              xGrad,         Value(),  p.blockRows * p.v,
+                              p.v * p.k / 2, p.n * p.k};
+      buffers.scales = kernelScratch(8 * rows);
+      buildCoopGemm(module, call.getLoc(), "bitloom_lce_xgrad_" + p.name(), g,
+                    buffers, dispatches);
+    } else if (training)
       gemm("xgrad",
            Gemm{rows, p.k, p.v, /*transposedB=*/false, bf16, 0, p.v, r0, p.k,
                 r0, /*zeroSkipped=*/true},

@@ -10,6 +10,8 @@
 
 #include "codegen/vulkan/Kernels.h"
 
+#include <string>
+
 namespace bitloom::codegen::vulkan {
 
 /// bitloom_uk_ternary_matmul, bitloom_uk_ternary_matmul_t,
@@ -20,6 +22,33 @@ buildMatmulDispatches(mlir::func::CallOp call, mlir::ModuleOp module,
                       const KernelScratch &scratch = nullptr);
 
 /// bitloom_uk_attention, bitloom_uk_attention_grad.
+/// out[outRow0 + i, c] = multiplier · Σ_v a[i·lda + v] · b[v, c] for
+/// i < m, c < cols, v < reduce, on f16 cooperative matrices to f32 accuracy
+/// (each a row scaled by a power of two and split into two f16 terms; b
+/// exact in f16: ternary, or bf16 above 2^-14 in magnitude). b is packed
+/// ternary rows ([reduce] rows of cols columns) or bf16 [reduce, cols]
+/// read as words. See MatmulKernels.cpp.
+struct CoopGemm {
+  int64_t m, reduce, cols, lda, ldc, outRow0;
+  bool bf16B;
+};
+struct CoopGemmBuffers {
+  mlir::Value a, b, multiplier /* null: 1 */, out;
+  /// 2·m floats of scratch (the rows' scales).
+  mlir::Value scales;
+  int64_t aElements, bWords, outElements;
+};
+/// Whether the target and shape take the cooperative product (the tiles
+/// divide m, reduce and cols).
+bool coopGemmApplies(const KernelTarget &target, int64_t m, int64_t reduce,
+                     int64_t cols);
+/// The two dispatches (row scales, products) of `g`, kernels named after
+/// `name`.
+void buildCoopGemm(mlir::ModuleOp module, mlir::Location loc,
+                   const std::string &name, const CoopGemm &g,
+                   const CoopGemmBuffers &buffers,
+                   llvm::SmallVector<KernelDispatch> &dispatches);
+
 mlir::FailureOr<llvm::SmallVector<KernelDispatch>>
 buildAttentionDispatches(mlir::func::CallOp call, mlir::ModuleOp module,
                          const KernelTarget &target);
@@ -27,7 +56,8 @@ buildAttentionDispatches(mlir::func::CallOp call, mlir::ModuleOp module,
 /// bitloom_uk_linear_cross_entropy[_bf16w][_loss].
 mlir::FailureOr<llvm::SmallVector<KernelDispatch>>
 buildCrossEntropyDispatches(mlir::func::CallOp call, mlir::ModuleOp module,
-                            const KernelTarget &target);
+                            const KernelTarget &target,
+                            const KernelScratch &scratch = nullptr);
 
 } // namespace bitloom::codegen::vulkan
 

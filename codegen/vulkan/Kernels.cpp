@@ -17,7 +17,7 @@ buildUkernelDispatches(func::CallOp call, ModuleOp module,
   if (name.starts_with("bitloom_uk_attention"))
     return buildAttentionDispatches(call, module, target);
   if (name.starts_with("bitloom_uk_linear_cross_entropy"))
-    return buildCrossEntropyDispatches(call, module, target);
+    return buildCrossEntropyDispatches(call, module, target, scratch);
   return call.emitError("no GPU kernel for micro-kernel @") << name;
 }
 

@@ -44,7 +44,7 @@ struct KernelTarget {
   /// Its 16x16x16 f16 product into f32, with shaderFloat16 (the ternary
   /// input gradient's tensor-core kernel).
   bool cooperativeMatrixF16 = false;
-  bool float64 = true;            // shaderFloat64
+  bool float64 = true; // shaderFloat64
   /// Most bytes of the fused LM head's block of logits: GPUs with memory to
   /// spare take bigger (fewer, better-filled) products.
   int64_t logitsBlockBytes = int64_t(16) << 20;

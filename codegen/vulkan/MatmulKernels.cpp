@@ -654,9 +654,9 @@ void buildTernaryMatmulCoop(gpu::GPUFuncOp fn, Location loc, int64_t m,
         Value f = e.andI(e.shrU(word, e.i32(2 * lane)), e.i32(0x03030303));
         f = e.xorI(e.sub(e.orI(f, e.i32(0x80808080)), e.i32(0x01010101)),
                    e.i32(0x80808080));
-        e.store(f, shared,
-                e.add(e.add(e.mul(col, kStageStride), wq),
-                      weightStage + 8 * lane));
+        e.store(
+            f, shared,
+            e.add(e.add(e.mul(col, kStageStride), wq), weightStage + 8 * lane));
       }
     }
   };
@@ -671,8 +671,8 @@ void buildTernaryMatmulCoop(gpu::GPUFuncOp fn, Location loc, int64_t m,
         gpu::BarrierOp::create(b);
         // The next chunk's loads are in flight during the products (the
         // last chunk re-reads itself and drops it).
-        Value ahead = arith::MinUIOp::create(b, e.add(chunk, 1),
-                                             e.idx(blocks - 1));
+        Value ahead =
+            arith::MinUIOp::create(b, e.add(chunk, 1), e.idx(blocks - 1));
         SmallVector<Value> next = fetch(ahead);
         SmallVector<Value> acc(carried.take_front(4));
         for (int64_t step = 0; step < 4; ++step) {
@@ -746,13 +746,13 @@ LogicalResult buildTernaryMatmul(func::CallOp call, ModuleOp module,
   int64_t kWords = *k / 4, blocks = rowBytes / 32;
   MLIRContext *ctx = module.getContext();
   Type i32 = IntegerType::get(ctx, 32), f32 = Float32Type::get(ctx);
-  SmallVector<Type> argTypes = {
-      bufferType(*m * kWords, i32), bufferType(*n * rowBytes / 4, i32),
-      bufferType(*m, f32), bufferType(*m * *n, f32)};
+  SmallVector<Type> argTypes = {bufferType(*m * kWords, i32),
+                                bufferType(*n * rowBytes / 4, i32),
+                                bufferType(*m, f32), bufferType(*m * *n, f32)};
   if (coopTernaryApplies(target, *m, *n, *k)) {
-    std::string name = llvm::formatv(
-        "bitloom_ternary_matmul_m{0}_n{1}_k{2}_coop{3}x{4}", *m, *n, *k,
-        kCoopTileM, kCoopTileN);
+    std::string name =
+        llvm::formatv("bitloom_ternary_matmul_m{0}_n{1}_k{2}_coop{3}x{4}", *m,
+                      *n, *k, kCoopTileM, kCoopTileN);
     dispatches.push_back({name,
                           {*n / kCoopTileN, *m / kCoopTileM, 1},
                           {xq->value, w->value, rowFactor->value, y->value}});
@@ -1158,35 +1158,43 @@ LogicalResult buildDenseMatmul(func::CallOp call, ModuleOp module,
 // packed block wide) per workgroup of 8 subgroups, each 32 x 32 as 2 x 2
 // f32 accumulators, n in chunks of 32 staged in shared memory.
 
+} // namespace
+
 constexpr int64_t kTTileM = 64, kTTileK = 128, kTChunk = 32, kTThreads = 256;
 /// Halves per staged dy row and weight row (rows 16-byte aligned, padded
 /// off the banks' period).
 constexpr int64_t kAStride = kTChunk + 8, kBStride = kTTileK + 8;
 
-bool coopTernaryTApplies(const KernelTarget &target, int64_t m, int64_t n,
-                         int64_t k) {
+bool coopGemmApplies(const KernelTarget &target, int64_t m, int64_t n,
+                     int64_t k) {
   if (const char *off = std::getenv("BITLOOM_VULKAN_NO_COOPERATIVE_MATRIX");
       off && *off && std::string(off) != "0")
     return false;
-  int64_t shared = 2 * (2 * kTTileM * kAStride + kTChunk * kBStride) +
-                   4 * kTTileM * 16;
+  int64_t shared =
+      2 * (2 * kTTileM * kAStride + kTChunk * kBStride) + 4 * kTTileM * 16;
   return target.cooperativeMatrixF16 && target.subgroupSize == 32 &&
          target.maxWorkgroupInvocations >= kTThreads &&
          target.sharedMemoryBytes >= shared && m % kTTileM == 0 &&
          k % kTTileK == 0 && n % kTChunk == 0;
 }
 
-/// scales[i] = 2^(14 - e_i) and scales[m + i] = 2^(e_i - 14) · multiplier,
-/// with 2^e_i ≤ max_c |dy[i, c]| < 2^(e_i + 1) (e clamped so that both are
-/// normal floats): a workgroup per row.
-void emitRowScales(gpu::GPUFuncOp fn, Location loc, int64_t m, int64_t n) {
+/// scales[i] = 2^(14 - e_i) and scales[m + i] = 2^(e_i - 14) · multiplier
+/// (1 without that argument), with 2^e_i ≤ max_c<n |a[i·lda + c]| <
+/// 2^(e_i + 1) (e clamped so that both are normal floats): a workgroup per
+/// row.
+namespace {
+
+void emitRowScales(gpu::GPUFuncOp fn, Location loc, int64_t m, int64_t n,
+                   int64_t lda) {
   MLIRContext *ctx = fn.getContext();
   ImplicitLocOpBuilder b(loc, ctx);
   b.setInsertionPointToStart(&fn.getBody().front());
   Emit e{b};
   Type i32 = b.getI32Type(), f32 = b.getF32Type();
-  Value dy = fn.getArgument(0), multiplier = fn.getArgument(1),
-        scales = fn.getArgument(2);
+  bool withMultiplier = fn.getNumArguments() == 3;
+  Value dy = fn.getArgument(0),
+        multiplier = withMultiplier ? fn.getArgument(1) : Value(),
+        scales = fn.getArguments().back();
   Value tid = gpu::ThreadIdOp::create(b, gpu::Dimension::x);
   Value row = gpu::BlockIdOp::create(b, gpu::Dimension::x);
   // Non-negative floats order as their bit patterns: the largest |dy| is
@@ -1195,9 +1203,9 @@ void emitRowScales(gpu::GPUFuncOp fn, Location loc, int64_t m, int64_t n) {
       0, ceilDiv(n, kTThreads), 1, {e.i32(0)}, [&](Value it, ValueRange acc) {
         Value c = e.add(tid, e.mul(it, kTThreads));
         Value valid = n % kTThreads ? e.ult(c, n) : Value();
-        Value v = e.loadOr(dy, e.add(e.mul(row, n), c), valid, e.f32(0));
-        Value bits = e.andI(arith::BitcastOp::create(b, i32, v),
-                            e.i32(0x7fffffff));
+        Value v = e.loadOr(dy, e.add(e.mul(row, lda), c), valid, e.f32(0));
+        Value bits =
+            e.andI(arith::BitcastOp::create(b, i32, v), e.i32(0x7fffffff));
         return SmallVector<Value>{arith::MaxUIOp::create(b, acc[0], bits)};
       });
   Value shared = memref::AllocOp::create(b, sharedType(ctx, kTThreads, i32));
@@ -1214,21 +1222,23 @@ void emitRowScales(gpu::GPUFuncOp fn, Location loc, int64_t m, int64_t n) {
   e.when(e.eq(tid, e.idx(0)), [&] {
     // Biased exponent of the largest, kept in [15, 254]: the scale's
     // biased exponent 268 - eb lies in [14, 253], its inverse's in [1, 240].
-    Value eb = e.andI(e.shrU(e.load(shared, e.idx(0)), e.i32(23)),
-                      e.i32(0xff));
+    Value eb = e.andI(e.shrU(e.load(shared, e.idx(0)), e.i32(23)), e.i32(0xff));
     eb = arith::MaxUIOp::create(b, eb, e.i32(15));
     Value sb = e.sub(e.i32(268), eb);
     Value scale = arith::BitcastOp::create(b, f32, e.shl(sb, e.i32(23)));
     Value inverse = arith::BitcastOp::create(
         b, f32, e.shl(e.sub(e.i32(254), sb), e.i32(23)));
     e.store(scale, scales, row);
-    e.store(e.mul(inverse, e.load(multiplier, e.idx(0))), scales,
-            e.add(row, m));
+    if (withMultiplier)
+      inverse = e.mul(inverse, e.load(multiplier, e.idx(0)));
+    e.store(inverse, scales, e.add(row, m));
   });
 }
 
-void emitTernaryTCoop(gpu::GPUFuncOp fn, Location loc, int64_t m, int64_t n,
-                      int64_t k) {
+} // namespace
+
+static void emitCoopGemm(gpu::GPUFuncOp fn, Location loc, const CoopGemm &g) {
+  int64_t m = g.m, n = g.reduce, k = g.cols;
   MLIRContext *ctx = fn.getContext();
   ImplicitLocOpBuilder b(loc, ctx);
   b.setInsertionPointToStart(&fn.getBody().front());
@@ -1238,6 +1248,8 @@ void emitTernaryTCoop(gpu::GPUFuncOp fn, Location loc, int64_t m, int64_t n,
   auto bType = gpu::MMAMatrixType::get({16, 16}, f16, "BOp");
   auto cType = gpu::MMAMatrixType::get({16, 16}, f32, "COp");
   int64_t blocks = packedRowBytes(k) / 32;
+  // Words per staged bf16 chunk row (a tile row of 128 halves).
+  constexpr int64_t kBf16Words = kTTileK / 2;
   Value dy = fn.getArgument(0), w = fn.getArgument(1),
         scales = fn.getArgument(2), dx = fn.getArgument(3);
 
@@ -1268,23 +1280,36 @@ void emitTernaryTCoop(gpu::GPUFuncOp fn, Location loc, int64_t m, int64_t n,
   constexpr int64_t kDyPerThread = kTTileM * kTChunk / kTThreads; // 8
   SmallVector<Value> rowScale;
   for (int64_t s = 0; s < kDyPerThread; ++s)
-    rowScale.push_back(e.load(
-        scales, e.add(row0, e.add(e.divU(tid, kTChunk), s * (kTThreads / 32)))));
+    rowScale.push_back(
+        e.load(scales,
+               e.add(row0, e.add(e.divU(tid, kTChunk), s * (kTThreads / 32)))));
 
   auto fetch = [&](Value chunk) {
     SmallVector<Value> v;
     for (int64_t s = 0; s < kDyPerThread; ++s) {
       Value item = e.add(tid, s * kTThreads);
       Value r = e.divU(item, kTChunk), c = e.remU(item, kTChunk);
-      v.push_back(e.load(dy, e.add(e.mul(e.add(row0, r), n),
+      v.push_back(e.load(dy, e.add(e.mul(e.add(row0, r), g.lda),
                                    e.add(e.mul(chunk, kTChunk), c))));
+    }
+    if (g.bf16B) {
+      // 8 words (16 bf16) each: row item/64 of the chunk, word item%64 of
+      // the tile's 128 columns.
+      for (int64_t s = 0; s < kTChunk * kBf16Words / kTThreads; ++s) {
+        Value item = e.add(tid, s * kTThreads);
+        Value vv = e.divU(item, kBf16Words), wc = e.remU(item, kBf16Words);
+        v.push_back(
+            e.load(w, e.add(e.mul(e.add(e.mul(chunk, kTChunk), vv), k / 2),
+                            e.add(e.mul(tileCol, kBf16Words), wc))));
+      }
+      return v;
     }
     // One packed word each: row tid/8 of the chunk, word tid%8 of the
     // tile's block.
     Value nn = e.divU(tid, 8), wq = e.remU(tid, 8);
-    v.push_back(e.load(
-        w, e.add(e.mul(e.add(e.mul(chunk, kTChunk), nn), blocks * 8),
-                 e.add(e.mul(tileCol, 8), wq))));
+    v.push_back(
+        e.load(w, e.add(e.mul(e.add(e.mul(chunk, kTChunk), nn), blocks * 8),
+                        e.add(e.mul(tileCol, 8), wq))));
     return v;
   };
   auto put = [&](ValueRange v) {
@@ -1294,11 +1319,29 @@ void emitTernaryTCoop(gpu::GPUFuncOp fn, Location loc, int64_t m, int64_t n,
       Value scaled = e.mul(v[s], rowScale[s]);
       Value hi = arith::TruncFOp::create(b, f16, scaled);
       Value lo = arith::TruncFOp::create(
-          b, f16, arith::SubFOp::create(b, scaled,
-                                        arith::ExtFOp::create(b, f32, hi)));
+          b, f16,
+          arith::SubFOp::create(b, scaled, arith::ExtFOp::create(b, f32, hi)));
       Value at = e.add(e.mul(r, kAStride), c);
       e.store(hi, hiStage, at);
       e.store(lo, loStage, at);
+    }
+    if (g.bf16B) {
+      // bf16 pairs, low half first; bf16 values are f16 values (exactly,
+      // above f16's normal minimum 2^-14).
+      for (int64_t s = 0; s < kTChunk * kBf16Words / kTThreads; ++s) {
+        Value item = e.add(tid, s * kTThreads);
+        Value vv = e.divU(item, kBf16Words), wc = e.remU(item, kBf16Words);
+        Value word = v[kDyPerThread + s];
+        Value halves[2] = {e.shl(word, e.i32(16)),
+                           e.andI(word, e.i32(int32_t(0xffff0000u)))};
+        for (int64_t h = 0; h < 2; ++h) {
+          Value value = arith::TruncFOp::create(
+              b, f16, arith::BitcastOp::create(b, f32, halves[h]));
+          e.store(value, wStage,
+                  e.add(e.mul(vv, kBStride), e.add(e.mul(wc, 2), h)));
+        }
+      }
+      return;
     }
     Value word = v[kDyPerThread];
     Value nn = e.divU(tid, 8), wq = e.remU(tid, 8);
@@ -1306,8 +1349,7 @@ void emitTernaryTCoop(gpu::GPUFuncOp fn, Location loc, int64_t m, int64_t n,
       for (int64_t t = 0; t < 4; ++t) {
         // Column 32·lane + 4·wq + t of the block: its field, minus 1.
         Value field = e.andI(e.shrU(word, e.i32(2 * lane + 8 * t)), e.i32(3));
-        Value weight =
-            arith::SIToFPOp::create(b, f16, e.sub(field, e.i32(1)));
+        Value weight = arith::SIToFPOp::create(b, f16, e.sub(field, e.i32(1)));
         e.store(weight, wStage,
                 e.add(e.mul(nn, kBStride), e.add(e.mul(wq, 4), 32 * lane + t)));
       }
@@ -1321,15 +1363,15 @@ void emitTernaryTCoop(gpu::GPUFuncOp fn, Location loc, int64_t m, int64_t n,
       e.loop(0, chunks, 1, init, [&](Value chunk, ValueRange carried) {
         put(carried.drop_front(4));
         gpu::BarrierOp::create(b);
-        Value ahead = arith::MinUIOp::create(b, e.add(chunk, 1),
-                                             e.idx(chunks - 1));
+        Value ahead =
+            arith::MinUIOp::create(b, e.add(chunk, 1), e.idx(chunks - 1));
         SmallVector<Value> next = fetch(ahead);
         SmallVector<Value> acc(carried.take_front(4));
         for (int64_t step = 0; step < kTChunk / 16; ++step) {
           Value hi[2], lo[2], wm[2];
           for (int64_t i = 0; i < 2; ++i) {
-            Value at = e.add(e.mul(e.add(blockRow, 16 * i), kAStride),
-                             16 * step);
+            Value at =
+                e.add(e.mul(e.add(blockRow, 16 * i), kAStride), 16 * step);
             hi[i] = gpu::SubgroupMmaLoadMatrixOp::create(
                 b, aType, hiStage, ValueRange{at}, lead(kAStride), UnitAttr());
             lo[i] = gpu::SubgroupMmaLoadMatrixOp::create(
@@ -1338,7 +1380,8 @@ void emitTernaryTCoop(gpu::GPUFuncOp fn, Location loc, int64_t m, int64_t n,
           for (int64_t j = 0; j < 2; ++j)
             wm[j] = gpu::SubgroupMmaLoadMatrixOp::create(
                 b, bType, wStage,
-                ValueRange{e.add(e.add(blockCol, 16 * j), 16 * step * kBStride)},
+                ValueRange{
+                    e.add(e.add(blockCol, 16 * j), 16 * step * kBStride)},
                 lead(kBStride), UnitAttr());
           for (int64_t i = 0; i < 2; ++i)
             for (int64_t j = 0; j < 2; ++j) {
@@ -1358,47 +1401,56 @@ void emitTernaryTCoop(gpu::GPUFuncOp fn, Location loc, int64_t m, int64_t n,
   // scale · sum), straight into dx.
   for (int64_t i = 0; i < 2; ++i) {
     Value factor = gpu::SubgroupMmaLoadMatrixOp::create(
-        b, cType, scaleTile,
-        ValueRange{e.mul(e.add(blockRow, 16 * i), 16)}, lead(16), UnitAttr());
+        b, cType, scaleTile, ValueRange{e.mul(e.add(blockRow, 16 * i), 16)},
+        lead(16), UnitAttr());
     for (int64_t j = 0; j < 2; ++j) {
       Value out = gpu::SubgroupMmaElementwiseOp::create(
           b, cType, ValueRange{results[2 * i + j], factor},
           gpu::MMAElementwiseOp::MULF);
-      Value at = e.add(e.mul(e.add(row0, e.add(blockRow, 16 * i)), k),
-                       e.add(col0, e.add(blockCol, 16 * j)));
+      Value at = e.add(
+          e.mul(e.add(e.add(row0, g.outRow0), e.add(blockRow, 16 * i)), g.ldc),
+          e.add(col0, e.add(blockCol, 16 * j)));
       gpu::SubgroupMmaStoreMatrixOp::create(b, out, dx, ValueRange{at},
-                                            lead(k), UnitAttr());
+                                            lead(g.ldc), UnitAttr());
     }
   }
 }
 
-void buildTernaryMatmulTCoop(ModuleOp module, Location loc, int64_t m,
-                             int64_t n, int64_t k, Value dy, Value w,
-                             Value multiplier, Value dx, Value scratch,
-                             SmallVector<KernelDispatch> &dispatches) {
+void buildCoopGemm(ModuleOp module, Location loc, const std::string &name,
+                   const CoopGemm &g, const CoopGemmBuffers &buffers,
+                   SmallVector<KernelDispatch> &dispatches) {
   MLIRContext *ctx = module.getContext();
   Type f32 = Float32Type::get(ctx), i32 = IntegerType::get(ctx, 32);
-  int64_t rowBytes = packedRowBytes(k);
   std::string scalesName =
-      llvm::formatv("bitloom_ternary_matmul_t_scales_m{0}_n{1}", m, n);
-  dispatches.push_back({scalesName, {m, 1, 1}, {dy, multiplier, scratch}});
+      llvm::formatv("{0}_scales_m{1}_n{2}_lda{3}{4}", name, g.m, g.reduce,
+                    g.lda, buffers.multiplier ? "_mul" : "");
+  SmallVector<Value> scaleBuffers = {buffers.a};
+  SmallVector<Type> scaleTypes = {bufferType(buffers.aElements, f32)};
+  if (buffers.multiplier) {
+    scaleBuffers.push_back(buffers.multiplier);
+    scaleTypes.push_back(bufferType(1, f32));
+  }
+  scaleBuffers.push_back(buffers.scales);
+  scaleTypes.push_back(bufferType(2 * g.m, f32));
+  dispatches.push_back({scalesName, {g.m, 1, 1}, scaleBuffers});
+  if (gpu::GPUFuncOp fn =
+          createKernel(module, scalesName, scaleTypes, kTThreads))
+    emitRowScales(fn, loc, g.m, g.reduce, g.lda);
+  std::string productName = llvm::formatv(
+      "{0}_m{1}_n{2}_k{3}_lda{4}_ldc{5}_r{6}_coop{7}x{8}", name, g.m, g.reduce,
+      g.cols, g.lda, g.ldc, g.outRow0, kTTileM, kTTileK);
+  dispatches.push_back({productName,
+                        {g.cols / kTTileK, g.m / kTTileM, 1},
+                        {buffers.a, buffers.b, buffers.scales, buffers.out}});
   if (gpu::GPUFuncOp fn = createKernel(
-          module, scalesName,
-          {bufferType(m * n, f32), bufferType(1, f32), bufferType(2 * m, f32)},
+          module, productName,
+          {bufferType(buffers.aElements, f32), bufferType(buffers.bWords, i32),
+           bufferType(2 * g.m, f32), bufferType(buffers.outElements, f32)},
           kTThreads))
-    emitRowScales(fn, loc, m, n);
-  std::string name = llvm::formatv(
-      "bitloom_ternary_matmul_t_m{0}_n{1}_k{2}_coop{3}x{4}", m, n, k, kTTileM,
-      kTTileK);
-  dispatches.push_back(
-      {name, {k / kTTileK, m / kTTileM, 1}, {dy, w, scratch, dx}});
-  if (gpu::GPUFuncOp fn = createKernel(
-          module, name,
-          {bufferType(m * n, f32), bufferType(n * rowBytes / 4, i32),
-           bufferType(2 * m, f32), bufferType(m * k, f32)},
-          kTThreads))
-    emitTernaryTCoop(fn, loc, m, n, k);
+    emitCoopGemm(fn, loc, g);
 }
+
+namespace {
 
 LogicalResult buildTernaryMatmulT(func::CallOp call, ModuleOp module,
                                   const KernelTarget &target,
@@ -1419,10 +1471,19 @@ LogicalResult buildTernaryMatmulT(func::CallOp call, ModuleOp module,
   if (failed(dy) || failed(w) || failed(scale) || failed(dx))
     return failure();
 
-  if (scratch && coopTernaryTApplies(target, *m, *n, *k)) {
-    buildTernaryMatmulTCoop(module, call.getLoc(), *m, *n, *k, dy->value,
-                            w->value, scale->value, dx->value,
-                            scratch(8 * *m), dispatches);
+  if (scratch && coopGemmApplies(target, *m, *n, *k)) {
+    CoopGemm g{*m,
+               *n,
+               *k,
+               /*lda=*/*n,
+               /*ldc=*/*k,
+               /*outRow0=*/0,
+               /*bf16B=*/false};
+    CoopGemmBuffers buffers{dy->value, w->value, scale->value,      dx->value,
+                            Value(),   *m * *n,  *n * rowBytes / 4, *m * *k};
+    buffers.scales = scratch(8 * *m);
+    buildCoopGemm(module, call.getLoc(), "bitloom_ternary_matmul_t", g, buffers,
+                  dispatches);
     return success();
   }
   // As a GEMM: rows m, columns k (the packed ones), reduction n. A column

@@ -233,13 +233,13 @@ compileKernelsToSpirv(ModuleOp module, const KernelTarget &target,
     auto a = cast<spirv::CooperativeMatrixType>(op.getA().getType());
     if (!isa<IntegerType>(a.getElementType()))
       return;
-    op->setAttr(op.getMatrixOperandsAttrName(),
-                spirv::CooperativeMatrixOperandsKHRAttr::get(
-                    context, spirv::CooperativeMatrixOperandsKHR::ASigned |
-                                 spirv::CooperativeMatrixOperandsKHR::BSigned |
-                                 spirv::CooperativeMatrixOperandsKHR::CSigned |
-                                 spirv::CooperativeMatrixOperandsKHR::
-                                     ResultSigned));
+    op->setAttr(
+        op.getMatrixOperandsAttrName(),
+        spirv::CooperativeMatrixOperandsKHRAttr::get(
+            context, spirv::CooperativeMatrixOperandsKHR::ASigned |
+                         spirv::CooperativeMatrixOperandsKHR::BSigned |
+                         spirv::CooperativeMatrixOperandsKHR::CSigned |
+                         spirv::CooperativeMatrixOperandsKHR::ResultSigned));
   });
 
   // -spirv-lower-abi-attrs lists an entry point's interface by the target's
@@ -283,8 +283,7 @@ compileKernelsToSpirv(ModuleOp module, const KernelTarget &target,
     // it can neither validate nor optimize such a kernel, which goes to
     // the driver as MLIR serialized it (and is checked by its results).
     bool cooperative = false;
-    if (std::optional<spirv::VerCapExtAttr> triple =
-            it->second.getVceTriple())
+    if (std::optional<spirv::VerCapExtAttr> triple = it->second.getVceTriple())
       cooperative = llvm::is_contained(triple->getCapabilities(),
                                        spirv::Capability::CooperativeMatrixKHR);
     if (cooperative) {

@@ -1,4 +1,5 @@
-//===- CooperativeMatrix.h - VK_KHR_cooperative_matrix declarations -*- C++ -*-===//
+//===- CooperativeMatrix.h - VK_KHR_cooperative_matrix declarations -*- C++
+//-*-===//
 //
 // Debian 12's Vulkan headers (1.3.239) predate VK_KHR_cooperative_matrix
 // (1.3.255): its structures, enums and query are declared here from the
@@ -63,7 +64,8 @@ typedef struct VkPhysicalDeviceCooperativeMatrixFeaturesKHR {
   VkBool32 cooperativeMatrixRobustBufferAccess;
 } VkPhysicalDeviceCooperativeMatrixFeaturesKHR;
 
-typedef VkResult(VKAPI_PTR *PFN_vkGetPhysicalDeviceCooperativeMatrixPropertiesKHR)(
+typedef VkResult(
+    VKAPI_PTR *PFN_vkGetPhysicalDeviceCooperativeMatrixPropertiesKHR)(
     VkPhysicalDevice physicalDevice, uint32_t *pPropertyCount,
     VkCooperativeMatrixPropertiesKHR *pProperties);
 #endif // VK_KHR_cooperative_matrix

@@ -1203,10 +1203,10 @@ void CommandSequence::dispatch(const Pipeline &pipeline,
   std::vector<SequenceState::Touched> touched;
   for (size_t k = 0; k < buffers.size(); ++k) {
     const BufferRange &r = buffers[k];
-    uint64_t end = r.size == BufferRange::kWholeSize ? r.buffer.size()
-                                                     : r.offset + r.size;
-    touched.push_back({r.buffer.state->buffer, r.offset, end,
-                       writes.empty() || writes[k]});
+    uint64_t end =
+        r.size == BufferRange::kWholeSize ? r.buffer.size() : r.offset + r.size;
+    touched.push_back(
+        {r.buffer.state->buffer, r.offset, end, writes.empty() || writes[k]});
   }
   state->barrierBefore(SequenceState::Op::Dispatch, touched);
 

@@ -47,7 +47,8 @@ KernelHarness::KernelHarness() {
     features.storageBuffer8BitAccess = d.storageBuffer8BitAccess;
     features.storageBuffer16BitAccess = d.storageBuffer16BitAccess;
     features.integerDotProduct = d.integerDotProduct;
-    features.cooperativeMatrix = d.cooperativeMatrixInt8 || d.cooperativeMatrixF16;
+    features.cooperativeMatrix =
+        d.cooperativeMatrixInt8 || d.cooperativeMatrixF16;
     context = std::make_unique<vulkan::VulkanContext>(0, nullptr, features);
   } catch (const std::exception &e) {
     reason = std::string("no usable Vulkan device: ") + e.what();

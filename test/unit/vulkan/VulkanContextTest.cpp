@@ -180,21 +180,18 @@ TEST_F(VulkanContextTest, BarriersOnlyBetweenDependentDispatches) {
   const std::vector<bool> readX = {false, true};
   CommandSequence step = ctx->record();
   // Both read x and write their own y: independent.
-  step.dispatch(saxpy, {x, y1}, &push, sizeof push, groupsFor(n), 1, 1,
-                readX);
-  step.dispatch(saxpy, {x, y2}, &push, sizeof push, groupsFor(n), 1, 1,
-                readX);
+  step.dispatch(saxpy, {x, y1}, &push, sizeof push, groupsFor(n), 1, 1, readX);
+  step.dispatch(saxpy, {x, y2}, &push, sizeof push, groupsFor(n), 1, 1, readX);
   EXPECT_EQ(step.numDispatchBarriers(), 0u);
   // Reads y1, written above (RAW): a barrier.
-  step.dispatch(saxpy, {y1, y2}, &push, sizeof push, groupsFor(n), 1, 1,
-                readX);
+  step.dispatch(saxpy, {y1, y2}, &push, sizeof push, groupsFor(n), 1, 1, readX);
   EXPECT_EQ(step.numDispatchBarriers(), 1u);
   // Disjoint halves of one buffer do not conflict; the second write into
   // the first half (WAW) does.
   step.dispatch(saxpy, {x, BufferRange(y3, 0, n * 4)}, &push, sizeof push,
                 groupsFor(n), 1, 1, readX);
-  step.dispatch(saxpy, {x, BufferRange(y3, n * 4, n * 4)}, &push,
-                sizeof push, groupsFor(n), 1, 1, readX);
+  step.dispatch(saxpy, {x, BufferRange(y3, n * 4, n * 4)}, &push, sizeof push,
+                groupsFor(n), 1, 1, readX);
   EXPECT_EQ(step.numDispatchBarriers(), 1u);
   step.dispatch(saxpy, {x, BufferRange(y3, 0, n * 4)}, &push, sizeof push,
                 groupsFor(n), 1, 1, readX);
