@@ -708,7 +708,7 @@ buildCrossEntropyDispatches(func::CallOp call, ModuleOp module,
     // 4. xGrad[block] = dlogits · w: on cooperative matrices where the
     // target has them (masked rows' dlogits are zeros: their xGrad too).
     if (training && bf16 && kernelScratch &&
-        coopGemmApplies(target, rows, p.v, p.k)) {
+        coopGemmApplies(target, rows, p.v, p.k, 4 * p.n * p.k)) {
       CoopGemm g{rows,          p.v,         p.k,
                  /*lda=*/p.v,   /*ldc=*/p.k, /*outRow0=*/r0,
                  /*bf16B=*/true};

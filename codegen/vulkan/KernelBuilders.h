@@ -38,10 +38,11 @@ struct CoopGemmBuffers {
   mlir::Value scales;
   int64_t aElements, bWords, outElements;
 };
-/// Whether the target and shape take the cooperative product (the tiles
-/// divide m, reduce and cols).
+/// Whether the target and shape take the cooperative product: the tiles
+/// divide m, reduce and cols, and the output (`outBytes`, stored by
+/// cooperative stores, which a split binding cannot take) fits one binding.
 bool coopGemmApplies(const KernelTarget &target, int64_t m, int64_t reduce,
-                     int64_t cols);
+                     int64_t cols, int64_t outBytes);
 /// The two dispatches (row scales, products) of `g`, kernels named after
 /// `name`.
 void buildCoopGemm(mlir::ModuleOp module, mlir::Location loc,

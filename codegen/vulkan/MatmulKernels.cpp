@@ -1166,7 +1166,7 @@ constexpr int64_t kTTileM = 64, kTTileK = 128, kTChunk = 32, kTThreads = 256;
 constexpr int64_t kAStride = kTChunk + 8, kBStride = kTTileK + 8;
 
 bool coopGemmApplies(const KernelTarget &target, int64_t m, int64_t n,
-                     int64_t k) {
+                     int64_t k, int64_t outBytes) {
   if (const char *off = std::getenv("BITLOOM_VULKAN_NO_COOPERATIVE_MATRIX");
       off && *off && std::string(off) != "0")
     return false;
@@ -1174,8 +1174,9 @@ bool coopGemmApplies(const KernelTarget &target, int64_t m, int64_t n,
       2 * (2 * kTTileM * kAStride + kTChunk * kBStride) + 4 * kTTileM * 16;
   return target.cooperativeMatrixF16 && target.subgroupSize == 32 &&
          target.maxWorkgroupInvocations >= kTThreads &&
-         target.sharedMemoryBytes >= shared && m % kTTileM == 0 &&
-         k % kTTileK == 0 && n % kTChunk == 0;
+         target.sharedMemoryBytes >= shared &&
+         uint64_t(outBytes) <= target.maxStorageBufferRange &&
+         m % kTTileM == 0 && k % kTTileK == 0 && n % kTChunk == 0;
 }
 
 /// scales[i] = 2^(14 - e_i) and scales[m + i] = 2^(e_i - 14) · multiplier
@@ -1366,7 +1367,11 @@ static void emitCoopGemm(gpu::GPUFuncOp fn, Location loc, const CoopGemm &g) {
         Value ahead =
             arith::MinUIOp::create(b, e.add(chunk, 1), e.idx(chunks - 1));
         SmallVector<Value> next = fetch(ahead);
-        SmallVector<Value> acc(carried.take_front(4));
+        // The chunk's products into fresh accumulators, then added to the
+        // running sums in f32 (rounded to nearest): tensor cores truncate
+        // as they accumulate, which over a long reduction (the vocabulary)
+        // would bias the sums.
+        SmallVector<Value> acc(4, zero);
         for (int64_t step = 0; step < kTChunk / 16; ++step) {
           Value hi[2], lo[2], wm[2];
           for (int64_t i = 0; i < 2; ++i) {
@@ -1392,6 +1397,10 @@ static void emitCoopGemm(gpu::GPUFuncOp fn, Location loc, const CoopGemm &g) {
                                                     UnitAttr(), UnitAttr());
             }
         }
+        for (int64_t i = 0; i < 4; ++i)
+          acc[i] = gpu::SubgroupMmaElementwiseOp::create(
+              b, cType, ValueRange{carried[i], acc[i]},
+              gpu::MMAElementwiseOp::ADDF);
         gpu::BarrierOp::create(b);
         llvm::append_range(acc, next);
         return acc;
@@ -1471,7 +1480,7 @@ LogicalResult buildTernaryMatmulT(func::CallOp call, ModuleOp module,
   if (failed(dy) || failed(w) || failed(scale) || failed(dx))
     return failure();
 
-  if (scratch && coopGemmApplies(target, *m, *n, *k)) {
+  if (scratch && coopGemmApplies(target, *m, *n, *k, 4 * *m * *k)) {
     CoopGemm g{*m,
                *n,
                *k,
