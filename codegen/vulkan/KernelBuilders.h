@@ -23,8 +23,9 @@ buildMatmulDispatches(mlir::func::CallOp call, mlir::ModuleOp module,
 
 /// bitloom_uk_attention, bitloom_uk_attention_grad.
 /// out[outRow0 + i, c] = multiplier · Σ_v a[i·lda + v] · b[v, c] for
-/// i < m, c < cols, v < reduce, on f16 cooperative matrices to f32 accuracy
-/// (each a row scaled by a power of two and split into two f16 terms; b
+/// i < m, c < cols, v < reduce, on f16 cooperative matrices with f32 sums
+/// (each a row scaled by a power of two and split into two f16 terms, 22
+/// significant bits; b
 /// exact in f16: ternary, or bf16 above 2^-14 in magnitude). b is packed
 /// ternary rows ([reduce] rows of cols columns) or bf16 [reduce, cols]
 /// read as words. See MatmulKernels.cpp.

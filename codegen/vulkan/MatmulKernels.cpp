@@ -1149,7 +1149,7 @@ LogicalResult buildDenseMatmul(func::CallOp call, ModuleOp module,
 // Ternary input gradient on cooperative matrices (tensor cores)
 //===----------------------------------------------------------------------===//
 //
-// dx = multiplier · dy · w with f16 products into f32 sums, to f32 accuracy:
+// dx = multiplier · dy · w with f16 products into f32 sums, near f32 accuracy:
 // each dy value, scaled by a power of two per row (the row's largest lands
 // in [2^14, 2^15)), is split into hi = f16(v) and lo = f16(v - hi), 22
 // significant bits together, and ternary weights are exact in f16, so
@@ -1367,11 +1367,7 @@ static void emitCoopGemm(gpu::GPUFuncOp fn, Location loc, const CoopGemm &g) {
         Value ahead =
             arith::MinUIOp::create(b, e.add(chunk, 1), e.idx(chunks - 1));
         SmallVector<Value> next = fetch(ahead);
-        // The chunk's products into fresh accumulators, then added to the
-        // running sums in f32 (rounded to nearest): tensor cores truncate
-        // as they accumulate, which over a long reduction (the vocabulary)
-        // would bias the sums.
-        SmallVector<Value> acc(4, zero);
+        SmallVector<Value> acc(carried.take_front(4));
         for (int64_t step = 0; step < kTChunk / 16; ++step) {
           Value hi[2], lo[2], wm[2];
           for (int64_t i = 0; i < 2; ++i) {
@@ -1397,10 +1393,6 @@ static void emitCoopGemm(gpu::GPUFuncOp fn, Location loc, const CoopGemm &g) {
                                                     UnitAttr(), UnitAttr());
             }
         }
-        for (int64_t i = 0; i < 4; ++i)
-          acc[i] = gpu::SubgroupMmaElementwiseOp::create(
-              b, cType, ValueRange{carried[i], acc[i]},
-              gpu::MMAElementwiseOp::ADDF);
         gpu::BarrierOp::create(b);
         llvm::append_range(acc, next);
         return acc;
