@@ -1318,10 +1318,17 @@ static void emitCoopGemm(gpu::GPUFuncOp fn, Location loc, const CoopGemm &g) {
       Value item = e.add(tid, s * kTThreads);
       Value r = e.divU(item, kTChunk), c = e.remU(item, kTChunk);
       Value scaled = e.mul(v[s], rowScale[s]);
-      Value hi = arith::TruncFOp::create(b, f16, scaled);
+      // hi: the value rounded to f16's 11 significant bits with integer
+      // operations (a compiler may fold f32 -> f16 -> f32 into nothing,
+      // which would leave lo zero), so the conversion to f16 is exact and
+      // the remainder lo = scaled - hi is exact in f32.
+      Value bits = arith::BitcastOp::create(b, i32, scaled);
+      Value rounded = e.andI(e.add(bits, e.i32(0x1000)),
+                             e.i32(int32_t(0xffffe000u)));
+      Value hiWide = arith::BitcastOp::create(b, f32, rounded);
+      Value hi = arith::TruncFOp::create(b, f16, hiWide);
       Value lo = arith::TruncFOp::create(
-          b, f16,
-          arith::SubFOp::create(b, scaled, arith::ExtFOp::create(b, f32, hi)));
+          b, f16, arith::SubFOp::create(b, scaled, hiWide));
       Value at = e.add(e.mul(r, kAStride), c);
       e.store(hi, hiStage, at);
       e.store(lo, loStage, at);
