@@ -1327,13 +1327,8 @@ static void emitCoopGemm(gpu::GPUFuncOp fn, Location loc, const CoopGemm &g) {
                              e.i32(int32_t(0xffffe000u)));
       Value hiWide = arith::BitcastOp::create(b, f32, rounded);
       Value hi = arith::TruncFOp::create(b, f16, hiWide);
-      // The remainder scaled by 2^11 (exactly), so that it stays a normal
-      // f16 for values far below the row's largest (a vocabulary's
-      // probabilities next to its label's): its sums are kept apart and
-      // scaled back at the end.
       Value lo = arith::TruncFOp::create(
-          b, f16,
-          e.mul(arith::SubFOp::create(b, scaled, hiWide), e.f32(2048.0f)));
+          b, f16, arith::SubFOp::create(b, scaled, hiWide));
       Value at = e.add(e.mul(r, kAStride), c);
       e.store(hi, hiStage, at);
       e.store(lo, loStage, at);
@@ -1369,18 +1364,17 @@ static void emitCoopGemm(gpu::GPUFuncOp fn, Location loc, const CoopGemm &g) {
   };
 
   Value zero = gpu::SubgroupMmaConstantMatrixOp::create(b, cType, e.f32(0));
-  // Sums of the hi products (0-3) and of the scaled lo products (4-7).
-  SmallVector<Value> init(8, zero);
+  SmallVector<Value> init(4, zero);
   llvm::append_range(init, fetch(e.idx(0)));
   int64_t chunks = n / kTChunk;
   SmallVector<Value> results =
       e.loop(0, chunks, 1, init, [&](Value chunk, ValueRange carried) {
-        put(carried.drop_front(8));
+        put(carried.drop_front(4));
         gpu::BarrierOp::create(b);
         Value ahead =
             arith::MinUIOp::create(b, e.add(chunk, 1), e.idx(chunks - 1));
         SmallVector<Value> next = fetch(ahead);
-        SmallVector<Value> acc(carried.take_front(8));
+        SmallVector<Value> acc(carried.take_front(4));
         for (int64_t step = 0; step < kTChunk / 16; ++step) {
           Value hi[2], lo[2], wm[2];
           for (int64_t i = 0; i < 2; ++i) {
@@ -1399,10 +1393,10 @@ static void emitCoopGemm(gpu::GPUFuncOp fn, Location loc, const CoopGemm &g) {
                 lead(kBStride), UnitAttr());
           for (int64_t i = 0; i < 2; ++i)
             for (int64_t j = 0; j < 2; ++j) {
-              Value &c = acc[2 * i + j], &d = acc[4 + 2 * i + j];
+              Value &c = acc[2 * i + j];
               c = gpu::SubgroupMmaComputeOp::create(b, hi[i], wm[j], c,
                                                     UnitAttr(), UnitAttr());
-              d = gpu::SubgroupMmaComputeOp::create(b, lo[i], wm[j], d,
+              c = gpu::SubgroupMmaComputeOp::create(b, lo[i], wm[j], c,
                                                     UnitAttr(), UnitAttr());
             }
         }
@@ -1411,23 +1405,16 @@ static void emitCoopGemm(gpu::GPUFuncOp fn, Location loc, const CoopGemm &g) {
         return acc;
       });
 
-  // hi sums + lo sums · 2^-11, then undo the row scale and apply the
-  // multiplier, straight into dx.
-  Value loScale =
-      gpu::SubgroupMmaConstantMatrixOp::create(b, cType, e.f32(1.0f / 2048));
+  // Undo the row scale, apply the multiplier (one rounding, as the CPU's
+  // scale · sum), straight into dx.
   for (int64_t i = 0; i < 2; ++i) {
     Value factor = gpu::SubgroupMmaLoadMatrixOp::create(
         b, cType, scaleTile, ValueRange{e.mul(e.add(blockRow, 16 * i), 16)},
         lead(16), UnitAttr());
     for (int64_t j = 0; j < 2; ++j) {
-      Value lo = gpu::SubgroupMmaElementwiseOp::create(
-          b, cType, ValueRange{results[4 + 2 * i + j], loScale},
-          gpu::MMAElementwiseOp::MULF);
-      Value sum = gpu::SubgroupMmaElementwiseOp::create(
-          b, cType, ValueRange{results[2 * i + j], lo},
-          gpu::MMAElementwiseOp::ADDF);
       Value out = gpu::SubgroupMmaElementwiseOp::create(
-          b, cType, ValueRange{sum, factor}, gpu::MMAElementwiseOp::MULF);
+          b, cType, ValueRange{results[2 * i + j], factor},
+          gpu::MMAElementwiseOp::MULF);
       Value at = e.add(
           e.mul(e.add(e.add(row0, g.outRow0), e.add(blockRow, 16 * i)), g.ldc),
           e.add(col0, e.add(blockCol, 16 * j)));
