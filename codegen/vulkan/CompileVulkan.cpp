@@ -1,5 +1,6 @@
 //===- CompileVulkan.cpp - A trained step to SPIR-V dispatches ------------===//
 #include "codegen/vulkan/CompileVulkan.h"
+#include "codegen/vulkan/Passes.h"
 
 #include "formats/Error.h"
 #include "hal/vulkan/DeviceProfile.h"
@@ -16,7 +17,6 @@
 #include "mlir/Dialect/Linalg/Passes.h"
 #include "mlir/Dialect/Math/IR/Math.h"
 #include "mlir/Dialect/MemRef/IR/MemRef.h"
-#include "mlir/Dialect/MemRef/Transforms/Transforms.h"
 #include "mlir/Dialect/SCF/IR/SCF.h"
 #include "mlir/Dialect/SCF/Transforms/Transforms.h"
 #include "mlir/Dialect/SCF/Utils/Utils.h"
@@ -25,7 +25,6 @@
 #include "mlir/IR/PatternMatch.h"
 #include "mlir/Pass/PassManager.h"
 #include "mlir/Transforms/DialectConversion.h"
-#include "mlir/Transforms/GreedyPatternRewriteDriver.h"
 #include "mlir/Transforms/Passes.h"
 #include "mlir/Transforms/RegionUtils.h"
 
@@ -506,137 +505,14 @@ Traced trace(Value v, Operation *user) {
   }
 }
 
-/// A kernel argument split into `chunks` arguments that each bind at most
-/// `chunkBytes` of the same buffer, at successive offsets.
+/// A kernel argument that -loom-vulkan-split-bindings split into `chunks`
+/// arguments, each binding at most `chunkBytes` of the same buffer at
+/// successive offsets.
 struct SplitArgument {
   unsigned argument = 0; // index before the split
   unsigned chunks = 0;
   uint64_t chunkBytes = 0;
 };
-
-/// Loads and stores of `arg` (a statically shaped, contiguous buffer) go to
-/// the chunk that holds the element: the row-major linear index picks the
-/// chunk (an scf.if chain: SPIR-V has no dynamically indexed set of
-/// distinct bindings without optional features) and the offset in it.
-void redirectToChunks(BlockArgument arg, ArrayRef<Value> chunks,
-                      int64_t chunkElements) {
-  auto type = cast<MemRefType>(arg.getType());
-  for (Operation *user : llvm::make_early_inc_range(arg.getUsers())) {
-    auto load = dyn_cast<memref::LoadOp>(user);
-    auto store = dyn_cast<memref::StoreOp>(user);
-    if (!load && !store)
-      fail(user, "a buffer larger than the storage buffer range is used "
-                 "other than by loads and stores, so it cannot be split");
-    OpBuilder b(user);
-    Location loc = user->getLoc();
-    ValueRange indices = load ? load.getIndices() : store.getIndices();
-    Value linear = arith::ConstantIndexOp::create(b, loc, 0);
-    for (auto [dim, index] : llvm::zip(type.getShape(), indices)) {
-      Value extent = arith::ConstantIndexOp::create(b, loc, dim);
-      linear = arith::AddIOp::create(
-          b, loc, arith::MulIOp::create(b, loc, linear, extent), index);
-    }
-    Value size = arith::ConstantIndexOp::create(b, loc, chunkElements);
-    Value which = arith::DivUIOp::create(b, loc, linear, size);
-    Value local = arith::RemUIOp::create(b, loc, linear, size);
-    TypeRange results = load ? TypeRange(load->getResultTypes()) : TypeRange();
-    // Chunk k, else the chain for chunks k+1...: built from the last one.
-    std::function<SmallVector<Value>(OpBuilder &, unsigned)> access =
-        [&](OpBuilder &at, unsigned k) -> SmallVector<Value> {
-      if (k + 1 == chunks.size()) {
-        if (load)
-          return {memref::LoadOp::create(at, loc, chunks[k], local)};
-        memref::StoreOp::create(at, loc, store.getValueToStore(), chunks[k],
-                                local);
-        return {};
-      }
-      Value isK =
-          arith::CmpIOp::create(at, loc, arith::CmpIPredicate::eq, which,
-                                arith::ConstantIndexOp::create(at, loc, k));
-      auto branch = scf::IfOp::create(at, loc, results, isK,
-                                      /*withElseRegion=*/true);
-      // Without results the blocks come with their (empty) yields.
-      OpBuilder then = branch.getThenBodyBuilder();
-      OpBuilder otherwise = branch.getElseBodyBuilder();
-      if (load) {
-        Value v = memref::LoadOp::create(then, loc, chunks[k], local);
-        scf::YieldOp::create(then, loc, v);
-        scf::YieldOp::create(otherwise, loc, access(otherwise, k + 1));
-      } else {
-        memref::StoreOp::create(then, loc, store.getValueToStore(), chunks[k],
-                                local);
-        access(otherwise, k + 1);
-      }
-      return SmallVector<Value>(branch.getResults());
-    };
-    SmallVector<Value> values = access(b, 0);
-    if (load)
-      load.replaceAllUsesWith(values.front());
-    user->erase();
-  }
-}
-
-/// Splits each argument of `func` larger than `maxRange` bytes into chunks
-/// that fit it (mobile GPUs cap one binding at 128-512 MiB; a 2B model's
-/// embedding is 626 MiB): the host binds the same buffer once per chunk at
-/// successive offsets. Chunks are whole multiples of 256 bytes, the largest
-/// minStorageBufferOffsetAlignment Vulkan allows, so every chunk's offset is
-/// aligned where the whole buffer's is. Returns what was split.
-SmallVector<SplitArgument> splitOversizedArguments(gpu::GPUFuncOp func,
-                                                   uint64_t maxRange) {
-  constexpr uint64_t kOffsetAlignment = 256;
-  SmallVector<SplitArgument> splits;
-  Block &entry = func.getBody().front();
-  SmallVector<Type> inputs(func.getArgumentTypes());
-  bool changed = false, folded = false;
-  unsigned numArguments = inputs.size();
-  // `i` walks the arguments as they become, `original` as they were.
-  for (unsigned original = 0, i = 0; original < numArguments; ++original, ++i) {
-    auto type = dyn_cast<MemRefType>(inputs[i]);
-    if (!type || (byteSize(type) + 3) / 4 * 4 <= maxRange)
-      continue;
-    if (!type.hasStaticShape() || !type.getLayout().isIdentity())
-      fail(func, "a kernel buffer larger than the storage buffer range "
-                 "without a static, contiguous layout");
-    uint64_t chunkBytes = maxRange / kOffsetAlignment * kOffsetAlignment;
-    int64_t chunkElements =
-        int64_t(chunkBytes * 8 / type.getElementTypeBitWidth());
-    if (chunkElements == 0)
-      fail(func, "a storage buffer range below 256 bytes");
-    if (!folded) {
-      // Views of the buffer (a KV cache row) into the loads and stores.
-      RewritePatternSet patterns(func.getContext());
-      memref::populateFoldMemRefAliasOpPatterns(patterns);
-      if (failed(applyPatternsGreedily(func, std::move(patterns))))
-        fail(func, "folding views into loads and stores failed");
-      folded = true;
-    }
-    int64_t total = type.getNumElements();
-    unsigned count = unsigned((total + chunkElements - 1) / chunkElements);
-    BlockArgument whole = entry.getArgument(i);
-    SmallVector<Value> chunks;
-    SmallVector<Type> chunkTypes;
-    for (unsigned k = 0; k < count; ++k) {
-      int64_t n = std::min<int64_t>(chunkElements, total - k * chunkElements);
-      chunkTypes.push_back(MemRefType::get({n}, type.getElementType(),
-                                           AffineMap(), type.getMemorySpace()));
-      chunks.push_back(
-          entry.insertArgument(i + 1 + k, chunkTypes.back(), whole.getLoc()));
-    }
-    redirectToChunks(whole, chunks, chunkElements);
-    entry.eraseArgument(i);
-    inputs.erase(inputs.begin() + i);
-    inputs.insert(inputs.begin() + i, chunkTypes.begin(), chunkTypes.end());
-    splits.push_back({original, count, chunkBytes});
-    i += count - 1;
-    changed = true;
-  }
-  if (changed) {
-    func.removeArgAttrsAttr();
-    func.setFunctionType(FunctionType::get(func.getContext(), inputs, {}));
-  }
-  return splits;
-}
 
 /// Whether a kernel may write `buffer` (an argument, or a view of one): a
 /// store or any use other than a load or a view (atomics, copies, ops not
@@ -942,15 +818,33 @@ CompiledVulkanModule compileForVulkan(ModuleOp source,
       widenBF16Arguments(func);
     }
   deduplicateKernels(*module);
-  // Per kernel (gpu.module) name, its arguments split to fit the profile's
-  // storage buffer range.
+  // Kernel arguments split to fit the profile's storage buffer range, per
+  // kernel (gpu.module) name.
+  {
+    PassManager pm(context);
+    // The host's launches keep their unsplit operands until the schedule
+    // below is read (they are erased then): no verification in between.
+    pm.enableVerifier(false);
+    LoomVulkanSplitBindingsOptions options;
+    options.maxRange = target.maxStorageBufferRange;
+    pm.addNestedPass<gpu::GPUModuleOp>(createLoomVulkanSplitBindings(options));
+    if (failed(pm.run(*module)))
+      throw FormatError("", "compile --target vulkan",
+                        "splitting kernel buffers to fit the storage buffer "
+                        "range failed (see the diagnostics above)");
+  }
   llvm::StringMap<SmallVector<SplitArgument>> splits;
   for (auto gpuModule : module->getOps<gpu::GPUModuleOp>())
     for (auto func : gpuModule.getOps<gpu::GPUFuncOp>())
-      if (SmallVector<SplitArgument> split =
-              splitOversizedArguments(func, target.maxStorageBufferRange);
-          !split.empty())
-        splits[gpuModule.getName()] = std::move(split);
+      if (auto record =
+              func->getAttrOfType<DenseI64ArrayAttr>(kSplitArgumentsAttrName)) {
+        ArrayRef<int64_t> triples = record.asArrayRef();
+        for (size_t i = 0; i + 2 < triples.size(); i += 3)
+          splits[gpuModule.getName()].push_back({unsigned(triples[i]),
+                                                 unsigned(triples[i + 1]),
+                                                 uint64_t(triples[i + 2])});
+        func->removeAttr(kSplitArgumentsAttrName);
+      }
   // Per kernel, which of its (split) arguments it may write.
   llvm::StringMap<std::vector<bool>> written;
   for (auto gpuModule : module->getOps<gpu::GPUModuleOp>())

@@ -1323,8 +1323,8 @@ static void emitCoopGemm(gpu::GPUFuncOp fn, Location loc, const CoopGemm &g) {
       // which would leave lo zero), so the conversion to f16 is exact and
       // the remainder lo = scaled - hi is exact in f32.
       Value bits = arith::BitcastOp::create(b, i32, scaled);
-      Value rounded = e.andI(e.add(bits, e.i32(0x1000)),
-                             e.i32(int32_t(0xffffe000u)));
+      Value rounded =
+          e.andI(e.add(bits, e.i32(0x1000)), e.i32(int32_t(0xffffe000u)));
       Value hiWide = arith::BitcastOp::create(b, f32, rounded);
       Value hi = arith::TruncFOp::create(b, f16, hiWide);
       Value lo = arith::TruncFOp::create(

@@ -1,5 +1,6 @@
 //===- bitloom-opt.cpp - mlir-opt with bitloom's dialects and passes ------===//
 #include "codegen/cpu/Pipeline.h"
+#include "codegen/vulkan/Passes.h"
 #include "dialects/loom/LoomDialect.h"
 #include "passes/Passes.h"
 
@@ -16,6 +17,7 @@ int main(int argc, char **argv) {
   bitloom::codegen::cpu::registerCpuLoweringDependencies(registry);
   mlir::registerAllPasses();
   bitloom::registerLoomPasses();
+  bitloom::codegen::vulkan::registerLoomVulkanPasses();
   return mlir::asMainReturnCode(
       mlir::MlirOptMain(argc, argv, "bitloom optimizer driver\n", registry));
 }
