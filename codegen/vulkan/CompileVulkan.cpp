@@ -32,6 +32,7 @@
 #include "llvm/ADT/SetVector.h"
 #include "llvm/ADT/StringMap.h"
 
+#include <cstdlib>
 #include <map>
 
 using namespace mlir;
@@ -51,6 +52,10 @@ KernelTarget kernelTargetForProfile(const std::string &name) {
   t.cooperativeMatrixInt8 = p.cooperativeMatrixInt8 && p.minSubgroupSize == 32;
   t.cooperativeMatrixF16 =
       p.cooperativeMatrixF16 && p.shaderFloat16 && p.minSubgroupSize == 32;
+  // The scalar kernels instead of the tensor-core ones (for A/B runs).
+  if (const char *off = std::getenv("BITLOOM_VULKAN_NO_COOPERATIVE_MATRIX");
+      off && *off && std::string(off) != "0")
+    t.cooperativeMatrixInt8 = t.cooperativeMatrixF16 = false;
   // Where the profile has f64, kernels keep the CPU targets' f64
   // accumulations (and quantize exactly as they do); elsewhere (phones)
   // they demote them to f32.
@@ -505,15 +510,6 @@ Traced trace(Value v, Operation *user) {
   }
 }
 
-/// A kernel argument that -loom-vulkan-split-bindings split into `chunks`
-/// arguments, each binding at most `chunkBytes` of the same buffer at
-/// successive offsets.
-struct SplitArgument {
-  unsigned argument = 0; // index before the split
-  unsigned chunks = 0;
-  uint64_t chunkBytes = 0;
-};
-
 /// Whether a kernel may write `buffer` (an argument, or a view of one): a
 /// store or any use other than a load or a view (atomics, copies, ops not
 /// known here) counts. The runtime orders only dependent dispatches.
@@ -833,28 +829,12 @@ CompiledVulkanModule compileForVulkan(ModuleOp source,
                         "splitting kernel buffers to fit the storage buffer "
                         "range failed (see the diagnostics above)");
   }
+  // Per kernel (gpu.module) name: its split arguments, and which of its
+  // (split) arguments it may write.
   llvm::StringMap<SmallVector<SplitArgument>> splits;
-  for (auto gpuModule : module->getOps<gpu::GPUModuleOp>())
-    for (auto func : gpuModule.getOps<gpu::GPUFuncOp>())
-      if (auto record =
-              func->getAttrOfType<DenseI64ArrayAttr>(kSplitArgumentsAttrName)) {
-        ArrayRef<int64_t> triples = record.asArrayRef();
-        for (size_t i = 0; i + 2 < triples.size(); i += 3)
-          splits[gpuModule.getName()].push_back({unsigned(triples[i]),
-                                                 unsigned(triples[i + 1]),
-                                                 uint64_t(triples[i + 2])});
-        func->removeAttr(kSplitArgumentsAttrName);
-      }
-  // Per kernel, which of its (split) arguments it may write.
   llvm::StringMap<std::vector<bool>> written;
   for (auto gpuModule : module->getOps<gpu::GPUModuleOp>())
     for (auto func : gpuModule.getOps<gpu::GPUFuncOp>()) {
-      std::vector<bool> &flags = written[gpuModule.getName()];
-      for (BlockArgument arg : func.getArguments())
-        flags.push_back(mayWrite(arg));
-    }
-  for (auto gpuModule : module->getOps<gpu::GPUModuleOp>())
-    for (auto func : gpuModule.getOps<gpu::GPUFuncOp>())
       if (func.getNumArguments() > target.maxStorageBuffersPerKernel)
         fail(func, "kernel " + gpuModule.getName().str() + " binds " +
                        std::to_string(func.getNumArguments()) +
@@ -862,6 +842,15 @@ CompiledVulkanModule compileForVulkan(ModuleOp source,
                        std::to_string(target.maxStorageBuffersPerKernel) +
                        " per kernel (a smaller storage buffer range splits "
                        "more tensors into more bindings)");
+      if (SmallVector<SplitArgument> split = decodeSplitArguments(func);
+          !split.empty()) {
+        splits[gpuModule.getName()] = std::move(split);
+        func->removeAttr(kSplitArgumentsAttrName);
+      }
+      std::vector<bool> &flags = written[gpuModule.getName()];
+      for (BlockArgument arg : func.getArguments())
+        flags.push_back(mayWrite(arg));
+    }
 
   // The host schedule, before the kernels are converted away.
   struct PendingDispatch {

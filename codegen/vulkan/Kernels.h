@@ -37,6 +37,8 @@ struct KernelTarget {
   bool int8Arithmetic = false;    // shaderInt8
   bool storage8Bit = false;       // 8-bit storage buffer access
   bool integerDotProduct = false; // SPV_KHR_integer_dot_product
+  /// (kernelTargetForProfile clears both cooperative-matrix flags under
+  /// BITLOOM_VULKAN_NO_COOPERATIVE_MATRIX=1.)
   /// SPV_KHR_cooperative_matrix with a subgroup-scope 16x16x32 int8 product
   /// into int32, on 32-lane subgroups (the ternary forward's tensor-core
   /// kernel).

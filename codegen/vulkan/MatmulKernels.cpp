@@ -583,9 +583,6 @@ constexpr int64_t kOutStride = kCoopTileN + 4;
 /// Whether the cooperative kernel takes this product.
 bool coopTernaryApplies(const KernelTarget &target, int64_t m, int64_t n,
                         int64_t k) {
-  if (const char *off = std::getenv("BITLOOM_VULKAN_NO_COOPERATIVE_MATRIX");
-      off && *off && std::string(off) != "0")
-    return false;
   return target.cooperativeMatrixInt8 && target.subgroupSize == 32 &&
          target.maxWorkgroupInvocations >= kCoopThreads &&
          target.sharedMemoryBytes >=
@@ -1167,9 +1164,6 @@ constexpr int64_t kAStride = kTChunk + 8, kBStride = kTTileK + 8;
 
 bool coopGemmApplies(const KernelTarget &target, int64_t m, int64_t n,
                      int64_t k, int64_t outBytes) {
-  if (const char *off = std::getenv("BITLOOM_VULKAN_NO_COOPERATIVE_MATRIX");
-      off && *off && std::string(off) != "0")
-    return false;
   int64_t shared =
       2 * (2 * kTTileM * kAStride + kTChunk * kBStride) + 4 * kTTileM * 16;
   return target.cooperativeMatrixF16 && target.subgroupSize == 32 &&

@@ -20,6 +20,22 @@ namespace bitloom::codegen::vulkan {
 inline constexpr llvm::StringLiteral kSplitArgumentsAttrName =
     "loom.split_arguments";
 
+/// A kernel argument split into `chunks` arguments that each bind at most
+/// `chunkBytes` of the same buffer, at successive offsets.
+struct SplitArgument {
+  unsigned argument = 0; // index before the split
+  unsigned chunks = 0;
+  uint64_t chunkBytes = 0;
+};
+
+/// `kSplitArgumentsAttrName` of `splits`.
+mlir::DenseI64ArrayAttr
+encodeSplitArguments(mlir::MLIRContext *context,
+                     llvm::ArrayRef<SplitArgument> splits);
+/// The splits recorded on `func` (none when it has no record).
+llvm::SmallVector<SplitArgument>
+decodeSplitArguments(mlir::gpu::GPUFuncOp func);
+
 } // namespace bitloom::codegen::vulkan
 
 #endif // BITLOOM_CODEGEN_VULKAN_PASSES_H

@@ -18,14 +18,6 @@ uint64_t byteSize(MemRefType type) {
   return uint64_t(type.getNumElements()) * type.getElementTypeBitWidth() / 8;
 }
 
-/// A kernel argument split into `chunks` arguments that each bind at most
-/// `chunkBytes` of the same buffer, at successive offsets.
-struct SplitArgument {
-  unsigned argument = 0; // index before the split
-  unsigned chunks = 0;
-  uint64_t chunkBytes = 0;
-};
-
 /// Loads and stores of `arg` (a statically shaped, contiguous buffer) go to
 /// the chunk that holds the element: the row-major linear index picks the
 /// chunk (an scf.if chain: SPIR-V has no dynamically indexed set of
@@ -169,15 +161,33 @@ struct SplitBindingsPass
         return signalPassFailure();
       if (split->empty())
         continue;
-      SmallVector<int64_t> record;
-      for (const SplitArgument &s : *split)
-        record.append(
-            {int64_t(s.argument), int64_t(s.chunks), int64_t(s.chunkBytes)});
       func->setAttr(kSplitArgumentsAttrName,
-                    DenseI64ArrayAttr::get(func.getContext(), record));
+                    encodeSplitArguments(func.getContext(), *split));
     }
   }
 };
 
 } // namespace
+
+DenseI64ArrayAttr encodeSplitArguments(MLIRContext *context,
+                                       ArrayRef<SplitArgument> splits) {
+  SmallVector<int64_t> triples;
+  for (const SplitArgument &s : splits)
+    triples.append(
+        {int64_t(s.argument), int64_t(s.chunks), int64_t(s.chunkBytes)});
+  return DenseI64ArrayAttr::get(context, triples);
+}
+
+SmallVector<SplitArgument> decodeSplitArguments(gpu::GPUFuncOp func) {
+  SmallVector<SplitArgument> splits;
+  auto record = func->getAttrOfType<DenseI64ArrayAttr>(kSplitArgumentsAttrName);
+  if (!record)
+    return splits;
+  ArrayRef<int64_t> triples = record.asArrayRef();
+  for (size_t i = 0; i + 2 < triples.size(); i += 3)
+    splits.push_back({unsigned(triples[i]), unsigned(triples[i + 1]),
+                      uint64_t(triples[i + 2])});
+  return splits;
+}
+
 } // namespace bitloom::codegen::vulkan
